@@ -1,0 +1,46 @@
+"""avggrad: train deep networks with the average gradient over each weight update.
+
+The average gradient :math:`\\bar g = \\int_0^1 \\nabla L(w + \\tau\\Delta)\\,d\\tau` sees the loss
+change a step really causes. This package provides its estimators
+(:func:`value_and_average_grad`), Optax transformations that feed it to RMSProp and Adam
+(:func:`average_gradient`, :func:`scale_by_average_gradient`, :func:`rmsprop`,
+:func:`adam`), and same-core baselines (:func:`rmsprop_baseline`, :func:`adam_baseline`).
+"""
+
+from avggrad.aliases import adam, adam_baseline, rmsprop, rmsprop_baseline
+from avggrad.estimators import ESTIMATORS, value_and_average_grad
+from avggrad.transforms import (
+    ACCUMULATORS,
+    COMBINES,
+    RANGES,
+    AverageGradientState,
+    ScaleByAdamState,
+    ScaleByAverageGradientState,
+    ScaleByRmsState,
+    average_gradient,
+    scale_by_adam,
+    scale_by_average_gradient,
+    scale_by_rms,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ACCUMULATORS",
+    "COMBINES",
+    "ESTIMATORS",
+    "RANGES",
+    "AverageGradientState",
+    "ScaleByAdamState",
+    "ScaleByAverageGradientState",
+    "ScaleByRmsState",
+    "adam",
+    "adam_baseline",
+    "average_gradient",
+    "rmsprop",
+    "rmsprop_baseline",
+    "scale_by_adam",
+    "scale_by_average_gradient",
+    "scale_by_rms",
+    "value_and_average_grad",
+]

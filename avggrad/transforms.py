@@ -1,0 +1,503 @@
+r"""Optax gradient transformations that use the average gradient over a weight update.
+
+* :func:`scale_by_average_gradient`: replaces the incoming (point) gradient by the average
+  gradient over the update applied at the previous step. Chains in front of any Optax
+  scaling: ``optax.chain(scale_by_average_gradient(), optax.scale_by_rms(), ...)``.
+* :func:`average_gradient`: wraps a transformation (RMSProp's or Adam's scaling and the
+  learning rate), predicts the update it would make from the point gradient, averages the
+  gradient over that predicted update, and feeds the average to the wrapped transformation.
+* :func:`scale_by_rms` and :func:`scale_by_adam`: RMSProp's and Adam's scalings with ``eps``
+  outside the square root (Keras/PyTorch) and ``eps_root`` inside (Optax), whose second moment
+  can be fed a different gradient than the step (the ``second_moment_updates`` extra
+  argument, which :func:`average_gradient` uses for ``accumulate="point"``).
+
+The transformations that need the loss take it as the keyword-only extra argument
+``value_fn`` (Optax's convention, as in its line searches): ``value_fn(params)`` returns the
+loss on the current batch. Extra keyword arguments whose names match parameters of
+``value_fn`` are passed on to it; all others are ignored.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+from optax import tree as otree
+
+from avggrad import estimators
+
+Updates = optax.Updates
+Params = optax.Params
+
+RANGES: tuple[str, ...] = ("predicted", "previous")
+ACCUMULATORS: tuple[str, ...] = ("average", "point")
+
+
+def _replace(point: Any, average: Any) -> Any:
+  """``combine="replace"``: the average gradient, everywhere."""
+  del point
+  return average
+
+
+def _accelerate(point: Any, average: Any) -> Any:
+  r"""``combine="accelerate"``: :math:`\bar g_i` only where it enlarges the step.
+
+  :math:`\bar g_i` replaces :math:`g_i` where both have the same sign and
+  :math:`|\bar g_i| > |g_i|` (the loss curves down along the step), and :math:`g_i` is kept
+  elsewhere, so no coordinate's step is ever shortened or reversed.
+  """
+
+  def pick(g: jax.Array, gbar: jax.Array) -> jax.Array:
+    keep = (g * gbar > 0) & (jnp.abs(gbar) > jnp.abs(g))
+    return jnp.where(keep, gbar, g).astype(g.dtype)
+
+  return jax.tree.map(pick, point, average)
+
+
+COMBINES: dict[str, Callable[[Any, Any], Any]] = {
+    "replace": _replace,
+    "accelerate": _accelerate,
+}
+
+
+def _check_choice(name: str, value: str, choices: Any) -> None:
+  if value not in choices:
+    raise ValueError(
+        f"Unknown {name} {value!r}; expected one of {', '.join(map(repr, choices))}."
+    )
+
+
+def _require(params: Optional[Params], value_fn: Optional[Callable[..., Any]], who: str):
+  """Raises a clear error when ``params`` or ``value_fn`` was not given to ``update``."""
+  if params is None:
+    raise ValueError(
+        f"{who} needs the current parameters: call "
+        "tx.update(grads, state, params, value_fn=loss_fn)."
+    )
+  if value_fn is None:
+    raise TypeError(
+        f"{who} needs the keyword argument value_fn (a function params -> loss on the "
+        "current batch): call tx.update(grads, state, params, value_fn=loss_fn)."
+    )
+
+
+def _bind_value_fn(value_fn: Callable[..., Any], extra_args: dict[str, Any]) -> Callable:
+  """``value_fn`` with the extra arguments whose names it declares (Optax's convention)."""
+  try:
+    parameters = list(inspect.signature(value_fn).parameters.values())[1:]
+  except (TypeError, ValueError):
+    return value_fn
+  names = {
+      p.name
+      for p in parameters
+      if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+  }
+  kwargs = {k: v for k, v in extra_args.items() if k in names}
+  return functools.partial(value_fn, **kwargs) if kwargs else value_fn
+
+
+def _scale_tree(tree: Any, scale: Any) -> Any:
+  """``scale * tree`` with every leaf kept in its own dtype."""
+  return jax.tree.map(lambda x: (scale * x).astype(x.dtype), tree)
+
+
+def _average_gradient_fn(estimator: str, num_points: Any) -> Callable[..., Any]:
+  """``(value_fn, params, delta) -> avg_grad`` for the configured estimator."""
+
+  def average(value_fn: Callable[..., Any], params: Params, delta: Updates) -> Updates:
+    fn = estimators.value_and_average_grad(
+        value_fn, estimator=estimator, num_points=num_points
+    )
+    _, avg_grad = fn(params, delta)
+    return avg_grad
+
+  return average
+
+
+class ScaleByAverageGradientState(NamedTuple):
+  """State of :func:`scale_by_average_gradient`.
+
+  Attributes:
+    prev_params: the parameters at the previous step; ``params - prev_params`` is the update
+      actually applied there (all zeros before the first step).
+  """
+
+  prev_params: Params
+
+
+def scale_by_average_gradient(
+    *,
+    estimator: str = "factorized",
+    num_points: int = 3,
+    span: jax.typing.ArrayLike = 1.0,
+    combine: str = "replace",
+) -> optax.GradientTransformationExtraArgs:
+  r"""Replaces the gradient by its average over the update applied at the previous step.
+
+  .. math::
+
+    \Delta_{t-1} = w_t - w_{t-1}, \qquad
+    \bar g_t = \int_0^1 \nabla L_t(w_t + \tau s \Delta_{t-1})\, d\tau ,
+
+  where :math:`L_t` is the loss on the current batch (``value_fn``) and :math:`s` the
+  ``span``. At the first step :math:`\Delta = 0` and the point gradient passes through. The
+  previous update is the one actually applied, whatever follows in the chain, so this is
+  chainable in front of any scaling::
+
+    optax.chain(avggrad.scale_by_average_gradient(), optax.scale_by_rms(),
+                optax.scale_by_learning_rate(1e-3))
+
+  Args:
+    estimator: ``"factorized"``, ``"quadrature"`` or ``"trapezoid"`` (see
+      :func:`avggrad.value_and_average_grad`).
+    num_points: Gauss-Legendre nodes of the ``"quadrature"`` estimator.
+    span: how far along the previous update to average, :math:`s` (schedule it with
+      ``optax.inject_hyperparams``).
+    combine: ``"replace"`` (use :math:`\bar g`) or ``"accelerate"`` (use :math:`\bar g_i`
+      only where it has the sign of :math:`g_i` and a larger magnitude).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose ``update(updates, state, params, *,
+    value_fn, **extra_args)`` needs ``params`` and ``value_fn``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import avggrad
+    >>> loss = lambda w: jnp.sum(jnp.tanh(w) ** 2)
+    >>> tx = optax.chain(avggrad.scale_by_average_gradient(), optax.scale_by_rms(),
+    ...                  optax.scale_by_learning_rate(0.1))
+    >>> w = jnp.array([1.0, -2.0])
+    >>> state = tx.init(w)
+    >>> for _ in range(3):
+    ...   grads = jax.grad(loss)(w)
+    ...   updates, state = tx.update(grads, state, w, value_fn=loss)
+    ...   w = optax.apply_updates(w, updates)
+    >>> bool(loss(w) < loss(jnp.array([1.0, -2.0])))
+    True
+
+  References:
+    R. Wolniak and B. Kostek, Neural Computation (DOI 10.1162/neco.a.1514).
+  """
+  estimators.check_estimator(estimator, num_points)
+  _check_choice("combine", combine, COMBINES)
+  average = _average_gradient_fn(estimator, num_points)
+  combine_fn = COMBINES[combine]
+
+  def init_fn(params: Params) -> ScaleByAverageGradientState:
+    return ScaleByAverageGradientState(prev_params=params)
+
+  def update_fn(
+      updates: Updates,
+      state: ScaleByAverageGradientState,
+      params: Optional[Params] = None,
+      *,
+      value_fn: Optional[Callable[..., Any]] = None,
+      **extra_args: Any,
+  ) -> tuple[Updates, ScaleByAverageGradientState]:
+    _require(params, value_fn, "scale_by_average_gradient")
+    delta = _scale_tree(otree.sub(params, state.prev_params), span)
+    avg = average(_bind_value_fn(value_fn, extra_args), params, delta)
+    new_updates = optax.tree.cast_like(combine_fn(updates, avg), updates)
+    return new_updates, ScaleByAverageGradientState(prev_params=params)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+class AverageGradientState(NamedTuple):
+  """State of :func:`average_gradient`.
+
+  Attributes:
+    inner_state: the state of the wrapped transformation.
+    range_state: with ``update_range="previous"``, the state of the
+      :func:`scale_by_average_gradient` that tracks the previous update; ``None`` otherwise.
+  """
+
+  inner_state: optax.OptState
+  range_state: Optional[ScaleByAverageGradientState]
+
+
+def _has_second_moment_input(state: Any) -> bool:
+  """Whether a state tree holds a scaling that accepts ``second_moment_updates``."""
+  kinds = (ScaleByRmsState, ScaleByAdamState)
+  leaves = jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, kinds))
+  return any(isinstance(leaf, kinds) for leaf in leaves)
+
+
+def average_gradient(
+    inner: optax.GradientTransformation,
+    *,
+    estimator: str = "factorized",
+    num_points: int = 3,
+    span: jax.typing.ArrayLike = 1.0,
+    update_range: str = "predicted",
+    accumulate: str = "average",
+    combine: str = "replace",
+) -> optax.GradientTransformationExtraArgs:
+  r"""Feeds ``inner`` the average gradient over the update it is about to make.
+
+  With ``update_range="predicted"`` the range is predicted by running ``inner`` on the point
+  gradient :math:`g` without keeping that state; with ``"previous"`` it is the update applied
+  at the previous step (see :func:`scale_by_average_gradient`):
+
+  .. math::
+
+    \hat\Delta = \mathrm{inner}(g), \qquad
+    ar g = \int_0^1 
+abla L(w + 	au s \hat\Delta)\, d	au, \qquad
+    \Delta = \mathrm{inner}(\mathrm{combine}(g, ar g)).
+
+  With ``accumulate="point"`` the second-moment accumulator of ``inner`` is fed :math:`g`
+  while the step uses :math:`ar g` (``inner`` must then contain :func:`scale_by_rms` or
+  :func:`scale_by_adam`, which take the ``second_moment_updates`` extra argument).
+
+  Why a safeguard can matter: on a quadratic with Hessian :math:`H` and a diagonal
+  preconditioner :math:`P`, the predicted step gives :math:`ar g = (I - 	frac12 HP) g`, so
+  along an eigendirection of :math:`PH` with eigenvalue :math:`\lambda > 0` the step is
+  shortened by :math:`1 - \lambda/2` (reversed beyond :math:`\lambda = 2`); only where the
+  loss curves down (:math:`\lambda < 0`: plateaus, saddles) is it lengthened.
+  ``combine="accelerate"`` keeps that lengthening and never shortens or flips a coordinate.
+
+  Args:
+    inner: the transformation to feed (e.g. RMSProp's scaling and the learning rate).
+    estimator: ``"factorized"``, ``"quadrature"`` or ``"trapezoid"``.
+    num_points: Gauss-Legendre nodes of the ``"quadrature"`` estimator.
+    span: average over ``span`` times the range (:math:`s`), the step itself unchanged.
+    update_range: ``"predicted"`` or ``"previous"``.
+    accumulate: ``"average"`` (the accumulator sees :math:`ar g`) or ``"point"``
+      (it sees :math:`g`).
+    combine: ``"replace"`` or ``"accelerate"`` (see :data:`COMBINES`).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose ``update(updates, state, params, *,
+    value_fn, **extra_args)`` needs ``params`` and ``value_fn``; other extra arguments are
+    passed on to ``inner``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import avggrad
+    >>> loss = lambda w: jnp.sum(jnp.tanh(w) ** 2)
+    >>> inner = optax.chain(avggrad.scale_by_rms(), optax.scale_by_learning_rate(0.1))
+    >>> tx = avggrad.average_gradient(inner)
+    >>> w = jnp.array([1.0, -2.0])
+    >>> state = tx.init(w)
+    >>> updates, state = tx.update(jax.grad(loss)(w), state, w, value_fn=loss)
+    >>> bool(loss(w + updates) < loss(w))
+    True
+
+  References:
+    R. Wolniak and B. Kostek, Neural Computation (DOI 10.1162/neco.a.1514).
+  """
+  estimators.check_estimator(estimator, num_points)
+  _check_choice("update_range", update_range, RANGES)
+  _check_choice("accumulate", accumulate, ACCUMULATORS)
+  _check_choice("combine", combine, COMBINES)
+  inner = optax.with_extra_args_support(inner)
+  average = _average_gradient_fn(estimator, num_points)
+  combine_fn = COMBINES[combine]
+  tracker = scale_by_average_gradient(
+      estimator=estimator, num_points=num_points, span=span
+  )
+
+  def init_fn(params: Params) -> AverageGradientState:
+    inner_state = inner.init(params)
+    if accumulate == "point" and not _has_second_moment_input(inner_state):
+      raise ValueError(
+          "accumulate='point' needs an inner transformation that accepts "
+          "second_moment_updates (avggrad.scale_by_rms or avggrad.scale_by_adam); none "
+          "was found in the state of `inner`."
+      )
+    range_state = tracker.init(params) if update_range == "previous" else None
+    return AverageGradientState(inner_state=inner_state, range_state=range_state)
+
+  def update_fn(
+      updates: Updates,
+      state: AverageGradientState,
+      params: Optional[Params] = None,
+      *,
+      value_fn: Optional[Callable[..., Any]] = None,
+      **extra_args: Any,
+  ) -> tuple[Updates, AverageGradientState]:
+    _require(params, value_fn, "average_gradient")
+    point = updates
+    range_state = state.range_state
+    if update_range == "predicted":
+      predicted, _ = inner.update(
+          point, state.inner_state, params, value_fn=value_fn, **extra_args
+      )
+      delta = _scale_tree(predicted, span)
+      avg = average(_bind_value_fn(value_fn, extra_args), params, delta)
+    else:
+      avg, range_state = tracker.update(
+          point, range_state, params, value_fn=value_fn, **extra_args
+      )
+    combined = optax.tree.cast_like(combine_fn(point, avg), point)
+    if accumulate == "point":
+      extra_args = dict(extra_args, second_moment_updates=point)
+    new_updates, inner_state = inner.update(
+        combined, state.inner_state, params, value_fn=value_fn, **extra_args
+    )
+    return new_updates, AverageGradientState(inner_state, range_state)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+class ScaleByRmsState(NamedTuple):
+  """State of :func:`scale_by_rms`: the exponential moving average of squared gradients."""
+
+  nu: Updates
+
+
+def scale_by_rms(
+    decay: jax.typing.ArrayLike = 0.9,
+    eps: jax.typing.ArrayLike = 1e-7,
+    eps_root: jax.typing.ArrayLike = 0.0,
+    initial_scale: jax.typing.ArrayLike = 0.0,
+) -> optax.GradientTransformationExtraArgs:
+  r"""RMSProp's scaling, with ``eps`` outside the square root.
+
+  .. math::
+
+    
+u_t = eta 
+u_{t-1} + (1 - eta) v_t^2, \qquad
+    u_t = rac{g_t}{\sqrt{
+u_t + \epsilon_{	ext{root}}} + \epsilon},
+
+  where :math:`v_t` is the ``second_moment_updates`` extra argument when given and the
+  incoming update :math:`g_t` otherwise. ``eps`` is added outside the root, as in Keras and
+  PyTorch; ``optax.scale_by_rms`` adds it inside, where ``eps=1e-7`` acts like an epsilon
+  of about ``3e-4`` and freezes networks whose gradients are small. ``eps_root`` gives
+  Optax's placement.
+
+  Args:
+    decay: :math:`eta`, the decay of the moving average.
+    eps: :math:`\epsilon`, added to the root.
+    eps_root: :math:`\epsilon_{	ext{root}}`, added under the root.
+    initial_scale: initial value of :math:`
+u`.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import avggrad
+    >>> tx = avggrad.scale_by_rms(decay=0.0, eps=0.0)
+    >>> u, _ = tx.update(jnp.array([3.0, -4.0]), tx.init(jnp.zeros(2)))
+    >>> u.tolist()
+    [1.0, -1.0]
+
+  References:
+    T. Tieleman and G. Hinton, Lecture 6.5 - RMSProp, COURSERA: Neural Networks for Machine
+    Learning (2012).
+  """
+
+  def init_fn(params: Params) -> ScaleByRmsState:
+    return ScaleByRmsState(nu=otree.full_like(params, initial_scale))
+
+  def update_fn(
+      updates: Updates,
+      state: ScaleByRmsState,
+      params: Optional[Params] = None,
+      *,
+      second_moment_updates: Optional[Updates] = None,
+      **extra_args: Any,
+  ) -> tuple[Updates, ScaleByRmsState]:
+    del params, extra_args
+    moment_input = updates if second_moment_updates is None else second_moment_updates
+    nu = otree.update_moment_per_elem_norm(moment_input, state.nu, decay, 2)
+    new_updates = jax.tree.map(
+        lambda g, n: (g / (jnp.sqrt(n + eps_root) + eps)).astype(g.dtype), updates, nu
+    )
+    return new_updates, ScaleByRmsState(nu=otree.cast_like(nu, state.nu))
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+class ScaleByAdamState(NamedTuple):
+  """State of :func:`scale_by_adam`: step count and first and second moments."""
+
+  count: jax.Array
+  mu: Updates
+  nu: Updates
+
+
+def scale_by_adam(
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-8,
+    eps_root: jax.typing.ArrayLike = 0.0,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Adam's scaling, whose second moment can be fed a different gradient than the first.
+
+  .. math::
+
+    m_t = eta_1 m_{t-1} + (1 - eta_1) g_t, \quad
+    
+u_t = eta_2 
+u_{t-1} + (1 - eta_2) v_t^2, \quad
+    u_t = rac{m_t / (1 - eta_1^t)}{\sqrt{
+u_t / (1 - eta_2^t) + \epsilon_{	ext{root}}}
+    + \epsilon},
+
+  where :math:`v_t` is the ``second_moment_updates`` extra argument when given and
+  :math:`g_t` otherwise (then this is exactly ``optax.scale_by_adam``).
+
+  Args:
+    b1: :math:`eta_1`, decay of the first moment.
+    b2: :math:`eta_2`, decay of the second moment.
+    eps: :math:`\epsilon`, added outside the root.
+    eps_root: :math:`\epsilon_{	ext{root}}`, added under the root.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import avggrad
+    >>> tx = avggrad.scale_by_adam(eps=0.0)
+    >>> u, _ = tx.update(jnp.array([3.0, -4.0]), tx.init(jnp.zeros(2)))
+    >>> [round(x, 4) for x in u.tolist()]  # the first Adam step is the sign of g
+    [1.0, -1.0]
+
+  References:
+    D. P. Kingma and J. Ba, Adam: A Method for Stochastic Optimization, ICLR 2015.
+  """
+
+  def init_fn(params: Params) -> ScaleByAdamState:
+    return ScaleByAdamState(
+        count=jnp.zeros([], jnp.int32),
+        mu=otree.zeros_like(params),
+        nu=otree.zeros_like(params),
+    )
+
+  def update_fn(
+      updates: Updates,
+      state: ScaleByAdamState,
+      params: Optional[Params] = None,
+      *,
+      second_moment_updates: Optional[Updates] = None,
+      **extra_args: Any,
+  ) -> tuple[Updates, ScaleByAdamState]:
+    del params, extra_args
+    moment_input = updates if second_moment_updates is None else second_moment_updates
+    mu = otree.update_moment(updates, state.mu, b1, 1)
+    nu = otree.update_moment_per_elem_norm(moment_input, state.nu, b2, 2)
+    count = optax.safe_increment(state.count)
+    mu_hat = otree.bias_correction(mu, b1, count)
+    nu_hat = otree.bias_correction(nu, b2, count)
+    new_updates = jax.tree.map(
+        lambda m, v, g: (m / (jnp.sqrt(v + eps_root) + eps)).astype(g.dtype),
+        mu_hat,
+        nu_hat,
+        updates,
+    )
+    return new_updates, ScaleByAdamState(
+        count=count, mu=otree.cast_like(mu, state.mu), nu=otree.cast_like(nu, state.nu)
+    )
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
