@@ -1,0 +1,323 @@
+"""The Optax transformations and aliases: semantics, conventions, errors and convergence."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import avggrad
+from tests import helpers
+
+
+def _problem(dtype=jnp.float32, depth=4, width=16, n=64, seed=0):
+  params = helpers.mlp_params(jax.random.PRNGKey(seed), [5] + [width] * depth + [3], dtype)
+  x = jax.random.normal(jax.random.PRNGKey(1), (n, 5), dtype)
+  y = jax.random.randint(jax.random.PRNGKey(2), (n,), 0, 3)
+  loss = helpers.classification_loss(functools.partial(helpers.mlp_apply, act=jnp.tanh), x, y)
+  return params, loss
+
+
+def _step(tx, params, state, loss):
+  grads = jax.grad(loss)(params)
+  updates, state = tx.update(grads, state, params, value_fn=loss)
+  return optax.apply_updates(params, updates), updates, state
+
+
+def _tree_close(a, b, rtol=1e-5):
+  assert helpers.rel_error(a, b) < rtol
+
+
+def test_scale_by_average_gradient_uses_the_previous_applied_update():
+  params, loss = _problem()
+  lr = 0.05
+  tx = optax.chain(
+      avggrad.scale_by_average_gradient(span=2.0),
+      optax.scale_by_rms(),
+      optax.scale_by_learning_rate(lr),
+  )
+  plain = optax.chain(optax.scale_by_rms(), optax.scale_by_learning_rate(lr))
+  state, plain_state = tx.init(params), plain.init(params)
+  # First step: no previous update, the point gradient passes through.
+  p1, u1, state = _step(tx, params, state, loss)
+  _, plain_u1, plain_state = _step(plain, params, plain_state, loss)
+  _tree_close(u1, plain_u1)
+  # Second step: the average gradient over [p1, p1 + 2 (p1 - p0)], by the estimator itself.
+  _, u2, state = _step(tx, p1, state, loss)
+  delta = jax.tree.map(lambda a, b: 2.0 * (a - b), p1, params)
+  _, avg = avggrad.value_and_average_grad(loss)(p1, delta)
+  expected, _ = plain.update(avg, plain_state, p1)
+  _tree_close(u2, expected)
+  assert helpers.rel_error(u2, plain.update(jax.grad(loss)(p1), plain_state, p1)[0]) > 1e-4
+
+
+@pytest.mark.parametrize("estimator", avggrad.ESTIMATORS)
+def test_average_gradient_predicted_range_matches_manual_computation(estimator):
+  params, loss = _problem()
+  inner = avggrad.rmsprop_baseline(0.01)
+  tx = avggrad.average_gradient(inner, estimator=estimator, span=3.0)
+  state = tx.init(params)
+  _, updates, state = _step(tx, params, state, loss)
+  inner_state = inner.init(params)
+  predicted, _ = inner.update(jax.grad(loss)(params), inner_state, params)
+  delta = jax.tree.map(lambda d: 3.0 * d, predicted)
+  _, avg = avggrad.value_and_average_grad(loss, estimator=estimator)(params, delta)
+  expected, expected_state = inner.update(avg, inner_state, params)
+  _tree_close(updates, expected)
+  _tree_close(state.inner_state[0].nu, expected_state[0].nu)
+
+
+def test_previous_range_in_the_alias_matches_the_chain():
+  params, loss = _problem()
+  tx = avggrad.rmsprop(0.01, update_range="previous")
+  chain = optax.chain(avggrad.scale_by_average_gradient(), avggrad.rmsprop_baseline(0.01))
+  s1, s2 = tx.init(params), chain.init(params)
+  p1, p2 = params, params
+  for _ in range(3):
+    p1, u1, s1 = _step(tx, p1, s1, loss)
+    p2, u2, s2 = _step(chain, p2, s2, loss)
+    _tree_close(u1, u2)
+
+
+def test_accumulate_point_feeds_the_point_gradient_to_the_second_moment():
+  params, loss = _problem()
+  decay = 0.8
+  for accumulate in avggrad.ACCUMULATORS:
+    tx = avggrad.rmsprop(0.05, decay=decay, accumulate=accumulate, estimator="trapezoid")
+    state = tx.init(params)
+    _, updates, state = _step(tx, params, state, loss)
+    g = jax.grad(loss)(params)
+    nu = state.inner_state[0].nu
+    predicted = jax.tree.map(lambda t: -0.05 * t / (jnp.sqrt((1 - decay) * t**2) + 1e-7), g)
+    _, avg = avggrad.value_and_average_grad(loss, estimator="trapezoid")(params, predicted)
+    fed = g if accumulate == "point" else avg
+    _tree_close(nu, jax.tree.map(lambda t: (1 - decay) * t**2, fed))
+    expected = jax.tree.map(
+        lambda a, n: -0.05 * a / (jnp.sqrt(n) + 1e-7), avg, nu
+    )
+    _tree_close(updates, expected, rtol=1e-4)
+
+
+def test_adam_accumulate_point_keeps_the_first_moment_on_the_average():
+  params, loss = _problem()
+  tx = avggrad.adam(0.01, accumulate="point", estimator="trapezoid")
+  state = tx.init(params)
+  _, _, state = _step(tx, params, state, loss)
+  _, _, state = _step(tx, params, state, loss)  # the same params: the same g twice
+  adam_state = state.inner_state[0]
+  assert isinstance(adam_state, avggrad.ScaleByAdamState)
+  g = jax.grad(loss)(params)
+  nu_expected = jax.tree.map(lambda t: (1 - 0.999) * t**2 * (1 + 0.999), g)
+  _tree_close(adam_state.nu, nu_expected)
+  assert helpers.rel_error(adam_state.mu, jax.tree.map(lambda t: 0.19 * t, g)) > 1e-4
+
+
+def test_accelerate_only_enlarges_steps():
+  g = {"a": jnp.array([1.0, 1.0, -1.0, 2.0, -3.0])}
+  gbar = {"a": jnp.array([2.0, 0.5, -4.0, -1.0, -3.5])}
+  combined = avggrad.COMBINES["accelerate"](g, gbar)
+  np.testing.assert_allclose(combined["a"], [2.0, 1.0, -4.0, 2.0, -3.5])
+  assert avggrad.COMBINES["replace"](g, gbar) is gbar
+
+
+def test_accelerate_in_the_transform_never_shortens_a_coordinate():
+  params, loss = _problem()
+  tx = avggrad.average_gradient(optax.identity(), combine="accelerate", span=8.0)
+  # The identity inner makes the predicted range the raw gradient: a long step.
+  state = tx.init(params)
+  g = jax.grad(loss)(params)
+  combined, _ = tx.update(g, state, params, value_fn=loss)
+  for c, p in zip(jax.tree.leaves(combined), jax.tree.leaves(g)):
+    assert bool(jnp.all(jnp.abs(c) >= jnp.abs(p))) and bool(jnp.all(c * p >= 0))
+  assert helpers.rel_error(combined, g) > 1e-3
+
+
+def test_rmsprop_baseline_is_rmsprop_with_eps_outside_the_root():
+  params, loss = _problem()
+  ours = avggrad.rmsprop_baseline(0.01, decay=0.9, eps=1e-7)
+  theirs = optax.rmsprop(0.01, decay=0.9, eps=1e-7, eps_in_sqrt=False)
+  s1, s2 = ours.init(params), theirs.init(params)
+  p1, p2 = params, params
+  for _ in range(3):
+    p1, u1, s1 = _step(ours, p1, s1, loss)
+    p2, u2, s2 = _step(theirs, p2, s2, loss)
+    _tree_close(u1, u2, rtol=1e-6)
+
+
+def test_eps_placement_matters_for_tiny_gradients():
+  """optax.rmsprop's default puts eps under the root: an effective eps of sqrt(1e-7)."""
+  g = jnp.full((3,), 1e-5)
+  outside = avggrad.rmsprop_baseline(1.0, eps=1e-7)
+  inside = avggrad.rmsprop_baseline(1.0, eps=0.0, eps_root=1e-7)
+  u_out, _ = outside.update(g, outside.init(g))
+  u_in, _ = inside.update(g, inside.init(g))
+  u_optax, _ = optax.rmsprop(1.0, eps=1e-7).update(g, optax.rmsprop(1.0, eps=1e-7).init(g))
+  np.testing.assert_allclose(u_in, u_optax, rtol=1e-6)
+  assert float(jnp.abs(u_out[0])) > 50 * float(jnp.abs(u_in[0]))
+
+
+def test_adam_baseline_matches_optax_adam():
+  params, loss = _problem()
+  ours, theirs = avggrad.adam_baseline(0.01), optax.adam(0.01)
+  s1, s2 = ours.init(params), theirs.init(params)
+  p1, p2 = params, params
+  for _ in range(3):
+    p1, u1, s1 = _step(ours, p1, s1, loss)
+    p2, u2, s2 = _step(theirs, p2, s2, loss)
+    _tree_close(u1, u2, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: avggrad.rmsprop(0.01),
+        lambda: avggrad.rmsprop(0.01, update_range="previous", accumulate="point"),
+        lambda: avggrad.adam(0.01, combine="accelerate", span=4.0),
+        lambda: avggrad.rmsprop(0.01, estimator="quadrature", num_points=2),
+    ],
+)
+def test_jit_train_step_and_convergence_on_a_deep_tanh_mlp(make):
+  params, loss = _problem(depth=6, width=16, n=128)
+  for tx in (make(), avggrad.rmsprop_baseline(0.01)):
+    state = tx.init(params)
+
+    @jax.jit
+    def train_step(p, s):
+      value, grads = jax.value_and_grad(loss)(p)
+      updates, s = tx.update(grads, s, p, value_fn=loss)
+      return optax.apply_updates(p, updates), s, value
+
+    p = params
+    initial = float(loss(params))
+    for _ in range(150):
+      p, state, _ = train_step(p, state)
+    assert float(loss(p)) < 0.6 * initial
+
+
+def test_learning_rate_schedule():
+  params, loss = _problem()
+  schedule = optax.linear_schedule(0.1, 0.0, transition_steps=2)
+  tx = avggrad.rmsprop(schedule, update_range="previous")
+  state = tx.init(params)
+  p, u0, state = _step(tx, params, state, loss)
+  p, u1, state = _step(tx, p, state, loss)
+  _, u2, state = _step(tx, p, state, loss)
+  assert float(optax.tree.norm(u2)) == 0.0  # the schedule reached zero at step 2
+  assert float(optax.tree.norm(u0)) > 0.0 and float(optax.tree.norm(u1)) > 0.0
+
+
+def test_inject_hyperparams():
+  params, loss = _problem()
+  tx = optax.inject_hyperparams(avggrad.rmsprop)(learning_rate=0.01, span=2.0)
+  state = tx.init(params)
+  step = jax.jit(lambda p, s: tx.update(jax.grad(loss)(p), s, p, value_fn=loss))
+
+  def direct(**kwargs):
+    opt = avggrad.rmsprop(**kwargs)
+    return opt.update(jax.grad(loss)(params), opt.init(params), params, value_fn=loss)[0]
+
+  u_a, _ = step(params, state)
+  _tree_close(u_a, direct(learning_rate=0.01, span=2.0))
+  state.hyperparams["learning_rate"] = jnp.asarray(0.02)
+  state.hyperparams["span"] = jnp.asarray(4.0)
+  u_b, _ = step(params, state)  # the same compiled step, new hyperparameters
+  _tree_close(u_b, direct(learning_rate=0.02, span=4.0))
+  assert helpers.rel_error(u_b, u_a) > 1e-2
+  # The quadrature's node count is structural: it must be declared static.
+  quad = optax.inject_hyperparams(avggrad.rmsprop, static_args=("num_points",))(
+      learning_rate=0.01, estimator="quadrature", num_points=2
+  )
+  qs = quad.init(params)
+  jax.jit(lambda p, s: quad.update(jax.grad(loss)(p), s, p, value_fn=loss))(params, qs)
+  bad = optax.inject_hyperparams(avggrad.rmsprop)(
+      learning_rate=0.01, estimator="quadrature", num_points=2
+  )
+  bs = bad.init(params)
+  with pytest.raises(TypeError, match="static_args"):
+    jax.jit(lambda p, s: bad.update(jax.grad(loss)(p), s, p, value_fn=loss))(params, bs)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("update_range", avggrad.RANGES)
+def test_dtypes_are_preserved(dtype, update_range):
+  params, loss = _problem(dtype=dtype)
+  for tx in (
+      avggrad.rmsprop(0.01, update_range=update_range),
+      avggrad.adam(0.01, update_range=update_range, combine="accelerate"),
+  ):
+    state = tx.init(params)
+    p, updates, state = _step(tx, params, state, loss)
+    p, updates, state = _step(tx, p, state, loss)
+    for leaf in jax.tree.leaves((p, updates)):
+      assert leaf.dtype == dtype
+    for leaf in jax.tree.leaves(state):
+      if jnp.issubdtype(leaf.dtype, jnp.floating):
+        assert leaf.dtype == dtype
+
+
+def test_value_fn_receives_matching_extra_args_and_others_are_ignored():
+  params, _ = _problem()
+  x = jax.random.normal(jax.random.PRNGKey(1), (64, 5))
+  y = jax.random.randint(jax.random.PRNGKey(2), (64,), 0, 3)
+
+  def loss(p, batch):
+    xb, yb = batch
+    logits = helpers.mlp_apply(p, xb, jnp.tanh)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+
+  tx = avggrad.rmsprop(0.01)
+  state = tx.init(params)
+  grads = jax.grad(loss)(params, (x, y))
+  u1, _ = tx.update(grads, state, params, value_fn=loss, batch=(x, y), unrelated=123)
+  closed = lambda p: loss(p, (x, y))
+  u2, _ = tx.update(grads, state, params, value_fn=closed)
+  _tree_close(u1, u2, rtol=1e-6)
+
+
+class TestErrors:
+
+  @pytest.mark.parametrize(
+      "tx",
+      [
+          lambda: avggrad.scale_by_average_gradient(),
+          lambda: avggrad.rmsprop(0.1),
+          lambda: avggrad.adam(0.1, update_range="previous"),
+      ],
+  )
+  def test_missing_value_fn_and_params(self, tx):
+    tx = tx()
+    params = jnp.ones(3)
+    state = tx.init(params)
+    with pytest.raises(TypeError, match="value_fn"):
+      tx.update(params, state, params)
+    with pytest.raises(ValueError, match="params"):
+      tx.update(params, state, value_fn=jnp.sum)
+
+  def test_unknown_choices(self):
+    with pytest.raises(ValueError, match="Unknown update_range 'next'"):
+      avggrad.rmsprop(0.1, update_range="next")
+    with pytest.raises(ValueError, match="Unknown accumulate"):
+      avggrad.rmsprop(0.1, accumulate="both")
+    with pytest.raises(ValueError, match="Unknown combine"):
+      avggrad.adam(0.1, combine="max")
+    with pytest.raises(ValueError, match="Unknown estimator"):
+      avggrad.scale_by_average_gradient(estimator="midpoint")
+    with pytest.raises(ValueError, match="num_points"):
+      avggrad.rmsprop(0.1, estimator="quadrature", num_points=0)
+
+  def test_accumulate_point_needs_a_moment_that_accepts_it(self):
+    tx = avggrad.average_gradient(
+        optax.chain(optax.scale_by_rms(), optax.scale_by_learning_rate(0.1)),
+        accumulate="point",
+    )
+    with pytest.raises(ValueError, match="second_moment_updates"):
+      tx.init(jnp.ones(3))
+
+  def test_extra_args_are_ignored_by_baselines(self):
+    tx = avggrad.rmsprop_baseline(0.1)
+    params = jnp.ones(3)
+    tx.update(params, tx.init(params), params, value_fn=jnp.sum, anything=1)
