@@ -1,0 +1,181 @@
+"""The ``avggrad`` command: ``avggrad train`` runs one configuration, ``avggrad compare``
+trains the same model with several optimizers and prints iterations to a target loss.
+
+With no options, ``avggrad compare`` is the main job: a 16-layer plain tanh MLP on the
+Fashion-MNIST subset shipped with the package, same-core RMSProp against AvgGrad-RMSProp, each
+at its best learning rate from one grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from typing import Optional, Sequence
+
+from avggrad import data as data_lib
+from avggrad import models, training
+
+
+def _positive_int(text: str) -> int:
+  value = int(text)
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+  return value
+
+
+def _positive_float(text: str) -> float:
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+  if not value > 0:
+    raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+  return value
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser, defaults: training.TrainConfig) -> None:
+  d = defaults
+  g = parser.add_argument_group("data and model")
+  g.add_argument("--dataset", default=d.dataset, choices=data_lib.DATASETS,
+                 help=f"dataset (default: {d.dataset}, shipped with the package)")
+  g.add_argument("--data-dir", default=None,
+                 help="folder with the original files (IDX .gz, aclImdb); default "
+                      "$AVGGRAD_DATA_DIR, else TensorFlow Datasets")
+  g.add_argument("--limit", type=_positive_int, default=None,
+                 help="use only the first N training and test examples")
+  g.add_argument("--model", default=d.model, choices=training.MODELS,
+                 help="mlp and cnn for images, text-mlp and text-conv for imdb_reviews")
+  g.add_argument("--depth", type=_positive_int, default=d.depth, help="hidden layers / convs")
+  g.add_argument("--width", type=_positive_int, default=d.width, help="units per layer")
+  g.add_argument("--channels", type=_positive_int, default=d.channels, help="CNN channels")
+  g.add_argument("--kernel-size", type=_positive_int, default=d.kernel_size)
+  g.add_argument("--pooling", default=d.pooling, choices=models.POOLINGS,
+                 help="CNN downsampling")
+  g.add_argument("--activation", default=d.activation, choices=sorted(models.ACTIVATIONS))
+  g.add_argument("--init", default=d.init,
+                 help=f"weight initialiser: {', '.join(models.INITIALIZERS)} "
+                      "('normal:0.05' for a normal with std 0.05)")
+  g.add_argument("--vocab-size", type=_positive_int, default=d.vocab_size, help="IMDb words")
+  g.add_argument("--max-len", type=_positive_int, default=d.max_len, help="IMDb tokens")
+  g.add_argument("--embed-dim", type=_positive_int, default=d.embed_dim, help="IMDb embedding")
+  t = parser.add_argument_group("training")
+  t.add_argument("--steps", type=_positive_int, default=d.steps)
+  t.add_argument("--batch-size", type=_positive_int, default=d.batch_size)
+  t.add_argument("--eval-every", type=_positive_int, default=d.eval_every,
+                 help="evaluate the training loss/accuracy every N steps")
+  t.add_argument("--eval-examples", type=_positive_int, default=d.eval_examples,
+                 help="training examples used by the periodic evaluation")
+  t.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def _optimizer_help() -> str:
+  return (f"optimizer spec NAME[:key=value,...], NAME one of {', '.join(training.OPTIMIZERS)} "
+          "(rmsprop/adam: avggrad's same-core baselines, eps outside the root); options: span, "
+          "estimator, update_range, accumulate, combine, num_points, decay, eps, eps_root, b1, "
+          "b2, momentum. Example: avg-adam:span=8,combine=accelerate")
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="avggrad",
+      description="Train deep plain networks with the average gradient and compare optimizers.",
+  )
+  sub = parser.add_subparsers(dest="command", metavar="{train,compare}")
+
+  train_defaults = training.TrainConfig()
+  p_train = sub.add_parser("train", help="train one configuration",
+                           description="Train one model with one optimizer and learning rate.")
+  _add_model_arguments(p_train, train_defaults)
+  p_train.add_argument("--optimizer", default=train_defaults.optimizer, help=_optimizer_help())
+  p_train.add_argument("--lr", type=_positive_float, default=train_defaults.lr)
+  p_train.add_argument("--seed", type=int, default=0)
+  p_train.add_argument("--out", default=None,
+                       help="folder for config.json and metrics.jsonl (JSON lines)")
+
+  compare_defaults = training.TrainConfig(depth=16, width=64, steps=300, eval_every=50)
+  p_cmp = sub.add_parser(
+      "compare", help="compare optimizers (the main job with no options)",
+      description="Train the same model with several optimizers, each at its best learning "
+                  "rate from one grid, and report iterations to a target training loss.")
+  _add_model_arguments(p_cmp, compare_defaults)
+  p_cmp.add_argument("--optimizers", nargs="+", default=["rmsprop", "avg-rmsprop"],
+                     metavar="SPEC", help="the first is the baseline that sets the target; "
+                     + _optimizer_help())
+  p_cmp.add_argument("--lrs", nargs="+", type=_positive_float, default=[3e-5, 1e-4, 3e-4, 1e-3, 3e-3],
+                     help="learning-rate grid shared by all optimizers")
+  p_cmp.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+  p_cmp.add_argument("--target", type=_positive_float, default=None,
+                     help="target training loss (default: set by the baseline, see "
+                          "--target-fraction)")
+  p_cmp.add_argument("--target-fraction", type=float, default=0.8,
+                     help="target = the baseline's smoothed loss after this fraction of the "
+                          "budget, at its best learning rate (default 0.8)")
+  p_cmp.add_argument("--out", default="runs/compare",
+                     help="folder for results.json, table.txt, loss_curves.png")
+  return parser
+
+
+def _config(args: argparse.Namespace, **extra) -> training.TrainConfig:
+  fields = {f.name for f in dataclasses.fields(training.TrainConfig)}
+  values = {k: v for k, v in vars(args).items() if k in fields}
+  return training.TrainConfig(**(values | extra))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  if args.command is None:
+    parser.print_help()
+    return 2
+  try:
+    if args.command == "train":
+      config = _config(args)
+      config.validate()
+      result = training.train(config, out_dir=args.out, progress=not args.no_progress)
+      last = result.evals[-1] if result.evals else {}
+      print(json.dumps({
+          "status": result.status,
+          "train_loss": last.get("train_loss"),
+          "train_accuracy": last.get("train_accuracy"),
+          "test_loss": result.test_loss,
+          "test_accuracy": result.test_accuracy,
+          "ms_per_step": 1e3 * result.seconds_per_step,
+      }))
+      if result.diverged:
+        print(f"error: the training loss became non-finite ({result.status}); "
+              f"{'the log is in ' + args.out if args.out else 'no log (--out not set)'}",
+              file=sys.stderr)
+        return 1
+      return 0
+    from avggrad import compare as compare_lib
+
+    if not 0 < args.target_fraction <= 1:
+      parser.error("--target-fraction must be in (0, 1]")
+    for spec in args.optimizers:
+      training.parse_optimizer(spec)
+    config = _config(args)
+    config.validate()
+    train_data = data_lib.load(config.dataset, "train", data_dir=config.data_dir,
+                               limit=config.limit, vocab_size=config.vocab_size,
+                               max_len=config.max_len)
+    test_data = data_lib.load(config.dataset, "test", data_dir=config.data_dir,
+                              limit=config.limit, vocab_size=config.vocab_size,
+                              max_len=config.max_len)
+    comparison = compare_lib.compare(
+        config, args.optimizers, args.lrs, args.seeds, target=args.target,
+        target_fraction=args.target_fraction, train_data=train_data, test_data=test_data,
+        progress=not args.no_progress)
+    print(f"{config.dataset}: {config.model}, depth {config.depth}, width {config.width}, "
+          f"{config.activation}, {config.init}, batch {config.batch_size}")
+    print(comparison.table())
+    paths = compare_lib.save(comparison, args.out)
+    print(f"\nwrote {paths['table.txt']}, {paths['results.json']}, {paths['loss_curves.png']}")
+    return 0
+  except (ValueError, FileNotFoundError, ImportError) as e:
+    parser.exit(2, f"avggrad: error: {e}\n")
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,219 @@
+"""Compare optimizers on one model: each at its own best learning rate, iterations to target.
+
+Protocol (the same for every optimizer, the baseline included):
+
+1. every optimizer is trained at every learning rate of one shared grid, for every seed, with
+   the same initial weights and minibatch order per seed;
+2. each optimizer's learning rate is chosen on its own: the lowest median (over seeds) of the
+   final training loss, the mean minibatch loss over the last 10% of the budget (a diverged
+   run counts as infinite);
+3. the target is the smoothed training loss the first optimizer (the baseline) reaches, at its
+   best learning rate, after ``target_fraction`` of the budget (median over seeds), unless a
+   target is given;
+4. for each optimizer at its best learning rate, the iterations until its smoothed training
+   loss first reaches the target, per seed ("not reached" counts as infinite in the median).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from avggrad import metrics
+from avggrad.data import Dataset
+from avggrad.training import RunResult, TrainConfig, train
+
+Key = tuple[str, float, int]
+
+
+def final_loss(result: RunResult) -> float:
+  """Mean minibatch loss over the last 10% of the budget (infinite if the run diverged)."""
+  if result.diverged or not result.losses:
+    return math.inf
+  tail = max(1, len(result.losses) // 10)
+  return float(np.mean(result.losses[-tail:]))
+
+
+@dataclasses.dataclass
+class OptimizerSummary:
+  """One optimizer's figures at its best learning rate."""
+
+  optimizer: str
+  best_lr: float
+  iterations: list[Optional[int]]
+  final_losses: list[float]
+  seconds_per_step: float
+
+  @property
+  def median_iterations(self) -> float:
+    return metrics.median_iterations(self.iterations)
+
+  @property
+  def reached(self) -> int:
+    return sum(i is not None for i in self.iterations)
+
+
+@dataclasses.dataclass
+class Comparison:
+  """All runs of a comparison and the summaries derived from them."""
+
+  config: dict[str, Any]
+  optimizers: list[str]
+  lrs: list[float]
+  seeds: list[int]
+  target: float
+  target_rule: str
+  runs: dict[Key, RunResult]
+  summaries: list[OptimizerSummary]
+
+  def table(self) -> str:
+    """A fixed-width text table of the summaries (ratios against the first optimizer)."""
+    base = self.summaries[0].median_iterations
+    lines = [
+        f"target training loss {self.target:.4f} ({self.target_rule}); "
+        f"{len(self.seeds)} seed(s), {self.config['steps']} steps, learning rates "
+        f"{', '.join(f'{lr:g}' for lr in self.lrs)}",
+        "",
+        f"{'optimizer':<40} {'best lr':>8} {'iters to target':>16} {'reached':>8} "
+        f"{'x base':>7} {'final loss':>11} {'ms/step':>8}",
+    ]
+    for s in self.summaries:
+      iters = s.median_iterations
+      ratio = iters / base if math.isfinite(iters) and math.isfinite(base) and base > 0 else math.nan
+      iters_text = "not reached" if math.isinf(iters) else f"{iters:.0f}"
+      ratio_text = "-" if math.isnan(ratio) else f"{ratio:.2f}"
+      final = float(np.median(s.final_losses))
+      edge = "*" if len(self.lrs) > 1 and s.best_lr in (min(self.lrs), max(self.lrs)) else " "
+      lines.append(
+          f"{s.optimizer:<40} {s.best_lr:7.0e}{edge} {iters_text:>16} "
+          f"{s.reached:>3}/{len(s.iterations):<4} {ratio_text:>7} {final:11.4f} "
+          f"{1e3 * s.seconds_per_step:8.2f}"
+      )
+    if any(s.best_lr in (min(self.lrs), max(self.lrs)) for s in self.summaries) and len(self.lrs) > 1:
+      lines.append("* best learning rate at the edge of the grid: extend the grid (--lrs)")
+    return "\n".join(lines)
+
+  def to_dict(self) -> dict[str, Any]:
+    return {
+        "config": self.config,
+        "optimizers": self.optimizers,
+        "lrs": self.lrs,
+        "seeds": self.seeds,
+        "target": self.target,
+        "target_rule": self.target_rule,
+        "summaries": [dataclasses.asdict(s) | {"median_iterations": s.median_iterations}
+                      for s in self.summaries],
+        "runs": [
+            {"optimizer": k[0], "lr": k[1], "seed": k[2]} | r.to_dict()
+            for k, r in self.runs.items()
+        ],
+    }
+
+  def plot(self, path: str) -> None:
+    """Smoothed training-loss curves at each optimizer's best learning rate (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    window = metrics.default_window(self.config["steps"])
+    for s in self.summaries:
+      curves = [metrics.smooth(self.runs[(s.optimizer, s.best_lr, seed)].losses, window)
+                for seed in self.seeds]
+      length = min(len(c) for c in curves)
+      stack = np.stack([c[:length] for c in curves])
+      steps = np.arange(length)
+      line, = ax.plot(steps, np.median(stack, 0), label=f"{s.optimizer} (lr {s.best_lr:g})")
+      if len(curves) > 1:
+        ax.fill_between(steps, stack.min(0), stack.max(0), alpha=0.2, color=line.get_color())
+    ax.axhline(self.target, color="gray", linestyle="--", linewidth=1, label="target")
+    ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(f"training loss (smoothed, window {window})")
+    c = self.config
+    ax.set_title(f"{c['dataset']}: {c['model']} depth {c['depth']}, {c['activation']}, "
+                 f"{c['init']}", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def compare(
+    base: TrainConfig,
+    optimizers: Sequence[str],
+    lrs: Sequence[float],
+    seeds: Sequence[int] = (0,),
+    *,
+    target: Optional[float] = None,
+    target_fraction: float = 0.8,
+    train_data: Optional[Dataset] = None,
+    test_data: Optional[Dataset] = None,
+    progress: bool = True,
+) -> Comparison:
+  """Runs the comparison protocol of the module docstring and returns its results."""
+  if not optimizers or not lrs or not seeds:
+    raise ValueError("compare needs at least one optimizer, learning rate and seed.")
+  if not 0 < target_fraction <= 1:
+    raise ValueError(f"target_fraction must be in (0, 1], got {target_fraction}.")
+  runs: dict[Key, RunResult] = {}
+  for spec in optimizers:
+    for lr in lrs:
+      for seed in seeds:
+        config = dataclasses.replace(base, optimizer=spec, lr=float(lr), seed=int(seed))
+        runs[(spec, float(lr), int(seed))] = train(
+            config, train_data=train_data, test_data=test_data, progress=progress)
+
+  def best_lr(spec: str) -> float:
+    scores = {lr: float(np.median([final_loss(runs[(spec, float(lr), s)]) for s in seeds]))
+              for lr in lrs}
+    return float(min(lrs, key=lambda lr: (scores[lr], lr)))
+
+  best = {spec: best_lr(spec) for spec in optimizers}
+  window = metrics.default_window(base.steps)
+  if target is None:
+    index = min(base.steps, int(round(target_fraction * base.steps))) - 1
+    values = []
+    for seed in seeds:
+      losses = runs[(optimizers[0], best[optimizers[0]], int(seed))].losses
+      smoothed = metrics.smooth(losses, window)
+      values.append(smoothed[index] if index < len(smoothed) else math.inf)
+    target = float(np.median(values))
+    rule = (f"{optimizers[0]}'s smoothed loss at {target_fraction:.0%} of the budget, "
+            "at its best learning rate")
+  else:
+    rule = "given"
+  summaries = []
+  for spec in optimizers:
+    results = [runs[(spec, best[spec], int(s))] for s in seeds]
+    summaries.append(OptimizerSummary(
+        optimizer=spec,
+        best_lr=best[spec],
+        iterations=[metrics.iterations_to_target(r.losses, target, window) for r in results],
+        final_losses=[final_loss(r) for r in results],
+        seconds_per_step=float(np.median([r.seconds_per_step for r in results])),
+    ))
+  return Comparison(
+      config=dataclasses.asdict(base), optimizers=list(optimizers), lrs=[float(x) for x in lrs],
+      seeds=[int(s) for s in seeds], target=target, target_rule=rule, runs=runs,
+      summaries=summaries,
+  )
+
+
+def save(comparison: Comparison, out_dir: str) -> dict[str, str]:
+  """Writes ``results.json``, ``table.txt`` and ``loss_curves.png``; returns their paths."""
+  os.makedirs(out_dir, exist_ok=True)
+  paths = {name: os.path.join(out_dir, name)
+           for name in ("results.json", "table.txt", "loss_curves.png")}
+  with open(paths["results.json"], "w") as f:
+    json.dump(comparison.to_dict(), f)
+  with open(paths["table.txt"], "w") as f:
+    f.write(comparison.table() + "\n")
+  comparison.plot(paths["loss_curves.png"])
+  return paths

@@ -1,0 +1,68 @@
+"""Loss-curve metrics: smoothing, iterations to a target loss, and summaries over seeds."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import numpy as np
+
+
+def smooth(losses: Sequence[float], window: int) -> np.ndarray:
+  """Centered moving average of a loss curve (no lag), shrinking the window at the ends.
+
+  Example:
+    >>> smooth([4.0, 2.0, 0.0, 2.0], window=3).tolist()
+    [3.0, 2.0, 1.3333333333333333, 1.0]
+  """
+  values = np.asarray(losses, np.float64)
+  if window <= 1 or len(values) == 0:
+    return values.copy()
+  half = window // 2
+  cumulative = np.concatenate([[0.0], np.cumsum(values)])
+  idx = np.arange(len(values))
+  lo = np.maximum(idx - half, 0)
+  hi = np.minimum(idx + half + 1, len(values))
+  return (cumulative[hi] - cumulative[lo]) / (hi - lo)
+
+
+def default_window(num_steps: int) -> int:
+  """The smoothing window used for iterations-to-target: 2% of the budget, at least 5 steps."""
+  return max(5, int(round(0.02 * num_steps)) | 1)
+
+
+def iterations_to_target(
+    losses: Sequence[float], target: float, window: Optional[int] = None
+) -> Optional[int]:
+  """Steps until the smoothed training loss first reaches ``target``; ``None`` if never.
+
+  The count is the number of updates made before the loss was measured: a run whose
+  smoothed loss at step index ``i`` is the first at or below the target needed ``i`` updates
+  (its loss at index 0 is measured before any update). Non-finite losses never reach it.
+
+  Example:
+    >>> iterations_to_target([3.0, 2.0, 1.0, 0.5], target=1.0, window=1)
+    2
+    >>> iterations_to_target([3.0, 2.0], target=1.0, window=1) is None
+    True
+  """
+  values = np.asarray(losses, np.float64)
+  if window is None:
+    window = default_window(len(values))
+  smoothed = smooth(values, window)
+  finite_prefix = np.cumprod(np.isfinite(values)).astype(bool)
+  hits = np.flatnonzero((smoothed <= target) & finite_prefix)
+  return int(hits[0]) if len(hits) else None
+
+
+def median_iterations(counts: Sequence[Optional[int]]) -> float:
+  """Median of iterations-to-target over seeds, with "not reached" counted as infinite.
+
+  Example:
+    >>> median_iterations([100, None, 300])
+    300.0
+    >>> median_iterations([None, None, 300])
+    inf
+  """
+  values = [math.inf if c is None else float(c) for c in counts]
+  return float(np.median(values)) if values else math.nan

@@ -1,0 +1,402 @@
+"""Training loop: NNX models, any Optax or avggrad optimizer, chunked jit-compiled steps.
+
+:func:`train` runs one configuration (:class:`TrainConfig`) and returns a :class:`RunResult`
+with the per-step minibatch losses, periodic evaluations of the training loss and accuracy,
+the final test metrics and the wall-clock time per step. Steps run in chunks of
+``eval_every`` inside one compiled ``lax.scan``, so Python overhead does not distort the
+timings. The same seed gives the same initial weights and the same minibatch order whatever
+the optimizer, so optimizers are compared on identical data.
+
+The average-gradient optimizers receive ``value_fn`` (the loss on the current minibatch as a
+function of the parameters); all others ignore it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+import avggrad
+from avggrad import data as data_lib
+from avggrad.models import CNN, MLP, TextModel
+
+MODELS: tuple[str, ...] = ("mlp", "cnn", "text-mlp", "text-conv")
+
+_OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
+    "rmsprop": avggrad.rmsprop_baseline,
+    "avg-rmsprop": avggrad.rmsprop,
+    "adam": avggrad.adam_baseline,
+    "avg-adam": avggrad.adam,
+    "optax-rmsprop": optax.rmsprop,
+    "optax-adam": optax.adam,
+    "sgd": optax.sgd,
+}
+OPTIMIZERS: tuple[str, ...] = tuple(_OPTIMIZERS)
+
+_FLOAT_OPTIONS = {"span", "decay", "eps", "eps_root", "b1", "b2", "momentum", "initial_scale"}
+_INT_OPTIONS = {"num_points"}
+_STR_OPTIONS = {"estimator", "update_range", "accumulate", "combine"}
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Raised by :func:`train` with ``raise_on_nonfinite=True`` when the loss diverges."""
+
+
+def parse_optimizer(spec: str) -> tuple[str, dict[str, Any]]:
+  """Splits ``"name:key=value,key=value"`` into the name and typed options.
+
+  Example:
+    >>> parse_optimizer("avg-adam:span=8,combine=accelerate")
+    ('avg-adam', {'span': 8.0, 'combine': 'accelerate'})
+  """
+  name, _, rest = spec.partition(":")
+  if name not in _OPTIMIZERS:
+    raise ValueError(f"Unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}.")
+  options: dict[str, Any] = {}
+  for item in filter(None, rest.split(",")):
+    key, sep, value = item.partition("=")
+    key = key.strip().replace("-", "_")
+    if not sep:
+      raise ValueError(f"Optimizer option {item!r} in {spec!r} is not of the form key=value.")
+    try:
+      if key in _FLOAT_OPTIONS:
+        options[key] = float(value)
+      elif key in _INT_OPTIONS:
+        options[key] = int(value)
+      elif key in _STR_OPTIONS:
+        options[key] = value.strip()
+      else:
+        known = sorted(_FLOAT_OPTIONS | _INT_OPTIONS | _STR_OPTIONS)
+        raise ValueError(
+            f"Unknown optimizer option {key!r} in {spec!r}; expected one of {', '.join(known)}."
+        )
+    except ValueError as e:
+      if "Unknown optimizer option" in str(e):
+        raise
+      raise ValueError(f"Bad value {value!r} for optimizer option {key!r} in {spec!r}.") from e
+  return name, options
+
+
+def make_optimizer(spec: str, learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformationExtraArgs:
+  """Builds the optimizer a spec names (see :data:`OPTIMIZERS` and :func:`parse_optimizer`).
+
+  ``rmsprop`` and ``adam`` are avggrad's same-core baselines (``eps`` outside the root);
+  ``optax-rmsprop`` and ``optax-adam`` are Optax's own.
+  """
+  name, options = parse_optimizer(spec)
+  try:
+    tx = _OPTIMIZERS[name](learning_rate, **options)
+  except TypeError as e:
+    raise ValueError(f"Optimizer {name!r} does not take the options {sorted(options)}: {e}") from e
+  return optax.with_extra_args_support(tx)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+  """Everything that defines one training run."""
+
+  dataset: str = data_lib.EMBEDDED
+  model: str = "mlp"
+  depth: int = 16
+  width: int = 128
+  channels: int = 32
+  kernel_size: int = 3
+  pooling: str = "stride"
+  activation: str = "tanh"
+  init: str = "glorot_uniform"
+  optimizer: str = "avg-rmsprop"
+  lr: float = 1e-3
+  steps: int = 2000
+  batch_size: int = 128
+  seed: int = 0
+  eval_every: int = 50
+  eval_examples: int = 2000
+  data_dir: Optional[str] = None
+  limit: Optional[int] = None
+  vocab_size: int = 20000
+  max_len: int = 256
+  embed_dim: int = 64
+
+  def validate(self) -> None:
+    """Raises ``ValueError`` for settings that cannot work together."""
+    if self.model not in MODELS:
+      raise ValueError(f"Unknown model {self.model!r}; expected one of {', '.join(MODELS)}.")
+    if self.dataset not in data_lib.DATASETS:
+      raise ValueError(
+          f"Unknown dataset {self.dataset!r}; expected one of {', '.join(data_lib.DATASETS)}."
+      )
+    is_text = self.dataset == "imdb_reviews"
+    if is_text != self.model.startswith("text-"):
+      raise ValueError(
+          f"Model {self.model!r} does not fit dataset {self.dataset!r}: IMDb takes text-mlp "
+          "or text-conv, the image datasets take mlp or cnn."
+      )
+    for name in ("steps", "batch_size", "eval_every", "eval_examples", "width", "channels"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
+    if not (self.lr > 0 and math.isfinite(self.lr)):
+      raise ValueError(f"lr must be a positive number, got {self.lr}.")
+    parse_optimizer(self.optimizer)
+
+
+@dataclasses.dataclass
+class RunResult:
+  """What one run produced.
+
+  Attributes:
+    config: the configuration, as a dict.
+    losses: minibatch training loss at every step, measured before that step's update.
+    evals: periodic evaluations ``{"step", "train_loss", "train_accuracy"}`` on the first
+      ``eval_examples`` training examples.
+    status: ``"ok"`` or ``"diverged at step N"`` (non-finite loss; the run stopped there).
+    test_loss, test_accuracy: on the test split at the end (NaN if diverged).
+    seconds_per_step: wall-clock per step, excluding compilation and the first chunk.
+    compile_seconds: time to compile the training chunk.
+  """
+
+  config: dict[str, Any]
+  losses: list[float]
+  evals: list[dict[str, float]]
+  status: str
+  test_loss: float
+  test_accuracy: float
+  seconds_per_step: float
+  compile_seconds: float
+
+  @property
+  def diverged(self) -> bool:
+    return self.status != "ok"
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+def make_model(config: TrainConfig, train: data_lib.Dataset, rngs: nnx.Rngs) -> nnx.Module:
+  """The model a configuration names, sized for the dataset."""
+  common = dict(activation=config.activation, kernel_init=config.init, rngs=rngs)
+  if config.model == "mlp":
+    features = int(np.prod(train.x.shape[1:]))
+    return MLP(features, train.num_classes, depth=config.depth, width=config.width, **common)
+  if config.model == "cnn":
+    return CNN(train.x.shape[1:], train.num_classes, depth=config.depth,
+               channels=config.channels, kernel_size=config.kernel_size,
+               pooling=config.pooling, **common)
+  kind = config.model.split("-", 1)[1]
+  return TextModel(train.vocab_size, train.num_classes, kind=kind, embed_dim=config.embed_dim,
+                   depth=config.depth, width=config.width, kernel_size=config.kernel_size,
+                   **common)
+
+
+def cross_entropy(model: nnx.Module, x: jax.Array, y: jax.Array) -> jax.Array:
+  """Mean softmax cross-entropy of the model's logits."""
+  return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
+
+
+def train_step(model: nnx.Module, optimizer: nnx.Optimizer, x: jax.Array, y: jax.Array):
+  """One step: loss and gradient at the current weights, then ``optimizer.update``.
+
+  The optimizer receives ``value_fn``, the minibatch loss as a function of the parameters
+  (the pure ``nnx.Param`` state), as average-gradient optimizers need.
+  """
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+  def value_fn(p: Any) -> jax.Array:
+    return cross_entropy(nnx.merge(graphdef, p, rest), x, y)
+
+  loss, grads = jax.value_and_grad(value_fn)(params)
+  optimizer.update(model, grads, value_fn=value_fn)
+  return loss
+
+
+def _batch_indices(num_examples: int, batch_size: int, steps: int, seed: int) -> np.ndarray:
+  """Minibatch indices for every step: shuffled epochs, the same for every optimizer."""
+  rng = np.random.default_rng(seed)
+  per_epoch = max(1, num_examples // batch_size)
+  epochs = -(-steps // per_epoch)
+  order = np.concatenate([
+      rng.permutation(num_examples)[: per_epoch * batch_size] for _ in range(epochs)
+  ]) if num_examples >= batch_size else rng.integers(0, num_examples, steps * batch_size)
+  return order[: steps * batch_size].reshape(steps, batch_size).astype(np.int32)
+
+
+def _evaluate_fn(graphdef: Any) -> Callable:
+  @jax.jit
+  def evaluate(state: Any, x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+    model = nnx.merge(graphdef, state)
+    logits = model(x)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).sum()
+    correct = (jnp.argmax(logits, -1) == y).sum()
+    return loss, correct
+
+  return evaluate
+
+
+def _evaluate(evaluate: Callable, state: Any, x: np.ndarray, y: np.ndarray, batch: int = 1000):
+  total, correct = 0.0, 0
+  for start in range(0, len(y), batch):
+    loss, hits = evaluate(state, x[start : start + batch], y[start : start + batch])
+    total += float(loss)
+    correct += int(hits)
+  return total / len(y), correct / len(y)
+
+
+def train(
+    config: TrainConfig,
+    *,
+    train_data: Optional[data_lib.Dataset] = None,
+    test_data: Optional[data_lib.Dataset] = None,
+    out_dir: Optional[str] = None,
+    progress: bool = True,
+    raise_on_nonfinite: bool = False,
+) -> RunResult:
+  """Trains one configuration and returns its :class:`RunResult`.
+
+  Args:
+    config: the run's settings.
+    train_data, test_data: preloaded splits (loaded from ``config`` when omitted).
+    out_dir: if given, ``config.json`` and ``metrics.jsonl`` (one JSON object per evaluation,
+      then a final summary with the per-step losses) are written there as the run goes.
+    progress: show a progress bar.
+    raise_on_nonfinite: raise :class:`NonFiniteLossError` (after writing the log) instead of
+      returning a result with ``status="diverged at step N"``.
+
+  Returns:
+    The :class:`RunResult`.
+  """
+  config.validate()
+  load = lambda split: data_lib.load(
+      config.dataset, split, data_dir=config.data_dir, limit=config.limit,
+      vocab_size=config.vocab_size, max_len=config.max_len)
+  train_data = train_data or load("train")
+  test_data = test_data or load("test")
+  tx = make_optimizer(config.optimizer, config.lr)
+  model = make_model(config, train_data, nnx.Rngs(config.seed))
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  graphdef, state = nnx.split((model, optimizer))
+  model_graphdef = nnx.graphdef(model)
+
+  def run_chunk(state: Any, x_all: jax.Array, y_all: jax.Array, idx: jax.Array):
+    def body(state: Any, batch_idx: jax.Array):
+      model, optimizer = nnx.merge(graphdef, state)
+      loss = train_step(model, optimizer, x_all[batch_idx], y_all[batch_idx])
+      return nnx.state((model, optimizer)), loss
+
+    return jax.lax.scan(body, state, idx)
+
+  x_all = jnp.asarray(train_data.x)
+  y_all = jnp.asarray(train_data.y)
+  indices = _batch_indices(len(train_data), config.batch_size, config.steps, config.seed)
+  chunk = min(config.eval_every, config.steps)
+  start = time.perf_counter()
+  compiled = jax.jit(run_chunk, donate_argnums=0).lower(
+      state, x_all, y_all, jnp.asarray(indices[:chunk])).compile()
+  compile_seconds = time.perf_counter() - start
+  tail = config.steps % chunk
+  compiled_tail = None
+  evaluate = _evaluate_fn(model_graphdef)
+  eval_x = train_data.x[: config.eval_examples]
+  eval_y = train_data.y[: config.eval_examples]
+
+  log = None
+  if out_dir:
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+      json.dump(dataclasses.asdict(config), f, indent=2)
+    log = open(os.path.join(out_dir, "metrics.jsonl"), "w")
+
+  def record(entry: dict[str, Any]) -> None:
+    if log is not None:
+      log.write(json.dumps(entry) + "\n")
+      log.flush()
+
+  def model_state(state: Any) -> Any:
+    model, _ = nnx.merge(graphdef, state)
+    return nnx.state(model)
+
+  evals: list[dict[str, float]] = []
+  losses: list[float] = []
+  status = "ok"
+  run_seconds = 0.0  # all chunks (the elapsed time in the log)
+  timed_seconds, timed_steps = 0.0, 0  # chunks after the first (warm), for seconds_per_step
+
+  def evaluate_now(step: int) -> None:
+    loss, acc = _evaluate(evaluate, model_state(state), eval_x, eval_y)
+    entry = {"step": step, "train_loss": loss, "train_accuracy": acc}
+    evals.append(entry)
+    record(entry | {"elapsed": run_seconds})
+
+  bar = None
+  if progress:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=config.steps, desc=f"{config.optimizer} lr={config.lr:g}", leave=False)
+  try:
+    evaluate_now(0)
+    step = 0
+    while step < config.steps:
+      size = min(chunk, config.steps - step)
+      idx = jnp.asarray(indices[step : step + size])
+      tick = time.perf_counter()
+      if size == chunk:
+        state, chunk_losses = compiled(state, x_all, y_all, idx)
+      else:
+        if compiled_tail is None:
+          compiled_tail = jax.jit(run_chunk, donate_argnums=0).lower(
+              state, x_all, y_all, idx).compile()
+        state, chunk_losses = compiled_tail(state, x_all, y_all, idx)
+      chunk_losses = np.asarray(jax.device_get(chunk_losses), np.float64)
+      seconds = time.perf_counter() - tick
+      run_seconds += seconds
+      if step > 0:
+        timed_seconds += seconds
+        timed_steps += size
+      bad = np.flatnonzero(~np.isfinite(chunk_losses))
+      if len(bad):
+        losses.extend(chunk_losses[: bad[0] + 1].tolist())
+        status = f"diverged at step {step + int(bad[0])}"
+        break
+      losses.extend(chunk_losses.tolist())
+      step += size
+      evaluate_now(step)
+      if bar is not None:
+        bar.update(size)
+        bar.set_postfix(loss=f"{evals[-1]['train_loss']:.4f}")
+  finally:
+    if bar is not None:
+      bar.close()
+  if status == "ok":
+    test_loss, test_acc = _evaluate(evaluate, model_state(state), test_data.x, test_data.y)
+  else:
+    test_loss, test_acc = math.nan, math.nan
+  result = RunResult(
+      config=dataclasses.asdict(config),
+      losses=losses,
+      evals=evals,
+      status=status,
+      test_loss=test_loss,
+      test_accuracy=test_acc,
+      seconds_per_step=(timed_seconds / timed_steps if timed_steps
+                        else run_seconds / max(len(losses), 1)),
+      compile_seconds=compile_seconds,
+  )
+  record({"event": "end", "status": status, "test_loss": test_loss, "test_accuracy": test_acc,
+          "seconds_per_step": result.seconds_per_step, "compile_seconds": compile_seconds,
+          "losses": losses})
+  if log is not None:
+    log.close()
+  if status != "ok" and raise_on_nonfinite:
+    raise NonFiniteLossError(
+        f"{config.optimizer} (lr={config.lr:g}): the training loss became non-finite, "
+        f"{status}; the log is kept{' in ' + out_dir if out_dir else ''}."
+    )
+  return result

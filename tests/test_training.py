@@ -1,0 +1,143 @@
+"""Training loop, optimizer specs, metrics and the command line, end to end on tiny runs."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from avggrad import cli, data, metrics, training
+
+TINY = dict(depth=2, width=16, steps=40, batch_size=32, eval_every=20, eval_examples=200,
+            limit=300)
+
+
+@pytest.fixture(scope="module")
+def splits():
+  return (data.load("fashion_mnist_small", "train", limit=300),
+          data.load("fashion_mnist_small", "test", limit=100))
+
+
+def test_train_reduces_the_loss_and_logs(tmp_path, splits):
+  config = training.TrainConfig(optimizer="avg-rmsprop", lr=3e-3, **TINY)
+  result = training.train(config, train_data=splits[0], test_data=splits[1],
+                          out_dir=str(tmp_path), progress=False)
+  assert result.status == "ok" and len(result.losses) == 40
+  assert [e["step"] for e in result.evals] == [0, 20, 40]
+  assert result.evals[-1]["train_loss"] < 0.8 * result.evals[0]["train_loss"]
+  assert 0.0 <= result.test_accuracy <= 1.0 and result.seconds_per_step > 0
+  lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert lines[-1]["event"] == "end" and len(lines[-1]["losses"]) == 40
+  assert json.loads((tmp_path / "config.json").read_text())["optimizer"] == "avg-rmsprop"
+
+
+def test_same_seed_same_run_and_same_batches(splits):
+  config = training.TrainConfig(optimizer="rmsprop", lr=1e-3, **TINY)
+  a = training.train(config, train_data=splits[0], test_data=splits[1], progress=False)
+  b = training.train(config, train_data=splits[0], test_data=splits[1], progress=False)
+  assert a.losses == b.losses
+  other = training.TrainConfig(optimizer="adam", lr=1e-3, **TINY)
+  c = training.train(other, train_data=splits[0], test_data=splits[1], progress=False)
+  assert c.losses[0] == a.losses[0]  # same initial weights, same first minibatch
+  idx = training._batch_indices(300, 32, 40, seed=0)
+  assert idx.shape == (40, 32) and len(set(idx[:9].ravel())) == 9 * 32  # an epoch of 9 batches
+
+
+def test_nonfinite_loss_stops_with_a_clear_message(tmp_path, splits):
+  config = training.TrainConfig(optimizer="sgd", lr=1e30, activation="relu", init="he_normal",
+                                **TINY)
+  result = training.train(config, train_data=splits[0], test_data=splits[1],
+                          out_dir=str(tmp_path), progress=False)
+  assert result.status.startswith("diverged at step") and math.isnan(result.test_loss)
+  assert not math.isfinite(result.losses[-1])
+  end = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+  assert end["status"] == result.status
+  with pytest.raises(training.NonFiniteLossError, match="non-finite.*diverged at step"):
+    training.train(config, train_data=splits[0], test_data=splits[1], progress=False,
+                   raise_on_nonfinite=True)
+
+
+def test_optimizer_specs():
+  assert training.parse_optimizer("avg-rmsprop:update_range=previous,accumulate=point") == (
+      "avg-rmsprop", {"update_range": "previous", "accumulate": "point"})
+  with pytest.raises(ValueError, match="Unknown optimizer 'lamb'"):
+    training.parse_optimizer("lamb")
+  with pytest.raises(ValueError, match="Unknown optimizer option 'spam'"):
+    training.parse_optimizer("avg-adam:spam=1")
+  with pytest.raises(ValueError, match="Bad value 'x'"):
+    training.parse_optimizer("avg-adam:span=x")
+  with pytest.raises(ValueError, match="does not take"):
+    training.make_optimizer("rmsprop:span=2", 1e-3)
+
+
+def test_config_validation():
+  with pytest.raises(ValueError, match="does not fit dataset"):
+    training.TrainConfig(dataset="imdb_reviews", model="mlp").validate()
+  with pytest.raises(ValueError, match="lr must be"):
+    training.TrainConfig(lr=-1.0).validate()
+
+
+def test_iterations_to_target_with_smoothing():
+  noisy = [5.0 - 0.01 * i + (0.5 if i % 2 else -0.5) for i in range(300)]
+  # unsmoothed, a single low point would count; the centered average removes the noise
+  assert metrics.iterations_to_target(noisy, 4.0, window=1) == 50  # a lucky minibatch
+  # the trend reaches 4.0 at step 100; the 11-step average is within +-0.05 of it
+  assert 95 <= metrics.iterations_to_target(noisy, 4.0, window=11) <= 105
+  assert metrics.iterations_to_target([1.0, float("nan"), 0.1], 0.5, window=1) is None
+  np.testing.assert_allclose(metrics.smooth(np.ones(10), 5), np.ones(10))
+
+
+def test_cli_train_end_to_end(tmp_path, capsys):
+  out = tmp_path / "run"
+  code = cli.main(["train", "--dataset", "fashion_mnist_small", "--limit", "300", "--depth",
+                   "2", "--width", "16", "--steps", "30", "--eval-every", "10", "--batch-size",
+                   "32", "--optimizer", "avg-adam:span=4,combine=accelerate", "--lr", "1e-3",
+                   "--out", str(out), "--no-progress"])
+  assert code == 0
+  summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert summary["status"] == "ok" and summary["train_loss"] > 0
+  assert (out / "metrics.jsonl").exists()
+
+
+def test_cli_compare_end_to_end(tmp_path, capsys):
+  out = tmp_path / "cmp"
+  code = cli.main(["compare", "--limit", "300", "--depth", "2", "--width", "16", "--steps",
+                   "40", "--eval-every", "20", "--batch-size", "32", "--lrs", "1e-3", "3e-3",
+                   "--seeds", "0", "--optimizers", "rmsprop", "avg-rmsprop", "--out", str(out),
+                   "--no-progress"])
+  assert code == 0
+  text = capsys.readouterr().out
+  assert "iters to target" in text and "avg-rmsprop" in text
+  for name in ("results.json", "table.txt", "loss_curves.png"):
+    assert (out / name).stat().st_size > 0
+  results = json.loads((out / "results.json").read_text())
+  assert len(results["runs"]) == 4 and results["summaries"][0]["optimizer"] == "rmsprop"
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["train", "--dataset", "cifar10"], "invalid choice: 'cifar10'"),
+        (["train", "--lr", "-1"], "must be positive"),
+        (["train", "--steps", "0"], "must be a positive integer"),
+        (["train", "--optimizer", "lamb"], "Unknown optimizer 'lamb'"),
+        (["train", "--init", "kaiming"], "Unknown initialiser 'kaiming'"),
+        (["train", "--dataset", "imdb_reviews", "--model", "mlp"], "does not fit dataset"),
+        (["compare", "--optimizers", "rmsprop", "avg-rmsprop:span=x"], "Bad value 'x'"),
+    ],
+)
+def test_cli_bad_input_gets_argparse_style_errors(argv, message, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(argv)
+  assert exit_info.value.code == 2
+  assert message in capsys.readouterr().err
+
+
+def test_python_dash_m_help():
+  result = subprocess.run([sys.executable, "-m", "avggrad", "compare", "--help"],
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0 and "--target-fraction" in result.stdout
