@@ -1,0 +1,267 @@
+"""Report generator: turns a grid's results into a Markdown report with tables and plots.
+
+For every task of the grid: each optimizer's best learning rate (lowest median final loss over
+seeds), its iterations to the task's target (median, range, how many seeds reached it), the
+ratios against the same-core RMSProp and Adam baselines, the loss at the budget, wall-clock to
+target, the full learning-rate sweep, and a plot of the loss curves at the best learning rates
+with seed bands. A summary table and a ratio plot cover all tasks.
+
+Usage::
+
+  python -m benchmarks.report benchmarks/grids/main.json [--overheads overheads.json]
+
+writes ``benchmarks/results/<grid name>/REPORT.md`` and its PNGs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from typing import Any, Optional
+
+import numpy as np
+
+from avggrad import metrics
+from benchmarks import run as run_lib
+
+RMSPROP, ADAM = "rmsprop", "adam"
+
+
+def _fmt_iters(value: float) -> str:
+  return "n.r." if math.isinf(value) else ("-" if math.isnan(value) else f"{value:.0f}")
+
+
+def _fmt_ratio(value: float) -> str:
+  if math.isnan(value):
+    return "-"
+  return "n.r." if math.isinf(value) else f"{value:.2f}"
+
+
+def _ratio(a: float, b: float) -> float:
+  if math.isnan(a) or math.isnan(b) or math.isinf(b):
+    return math.nan
+  return math.inf if math.isinf(a) else a / b
+
+
+def summarize_task(grid: dict[str, Any], task: dict[str, Any],
+                   records: list[dict[str, Any]]) -> dict[str, Any]:
+  """Per-optimizer figures of one task (only optimizers with every seed at some lr)."""
+  seeds = grid["seeds"]
+  target = task.get("target")
+  steps = run_lib.task_config(grid, task).steps
+  window = metrics.default_window(steps)
+  by_label: dict[str, dict[float, list[dict]]] = {}
+  for r in records:
+    if r["task"] == task["name"]:
+      by_label.setdefault(r["optimizer"], {}).setdefault(r["lr"], []).append(r)
+  out: dict[str, Any] = {"target": target, "steps": steps, "window": window, "optimizers": {}}
+  for label in run_lib.task_optimizers(grid, task):
+    sweep = by_label.get(label, {})
+    complete = {lr: rs for lr, rs in sweep.items() if len(rs) >= len(seeds)}
+    if not complete:
+      continue
+    scores = {lr: float(np.median([run_lib.final_loss(r) for r in rs]))
+              for lr, rs in complete.items()}
+    best = min(scores, key=lambda lr: (scores[lr], lr))
+    runs = sorted(complete[best], key=lambda r: r["seed"])
+    iters = [metrics.iterations_to_target(r["losses"], target, window) if target else None
+             for r in runs]
+    finals = [run_lib.final_loss(r) for r in runs]
+    sps = float(np.median([r["seconds_per_step"] for r in runs]))
+    out["optimizers"][label] = {
+        "spec": grid["optimizers"][label],
+        "best_lr": best,
+        "edge": best in (min(complete), max(complete)),
+        "lrs": sorted(complete),
+        "sweep": {lr: scores[lr] for lr in sorted(scores)},
+        "iterations": iters,
+        "median_iterations": metrics.median_iterations(iters),
+        "reached": sum(i is not None for i in iters),
+        "final_losses": finals,
+        "seconds_per_step": sps,
+        "test_accuracy": float(np.median([r["test_accuracy"] for r in runs])),
+        "runs": runs,
+    }
+  base_rms = out["optimizers"].get(RMSPROP, {}).get("median_iterations", math.nan)
+  base_adam = out["optimizers"].get(ADAM, {}).get("median_iterations", math.nan)
+  for s in out["optimizers"].values():
+    s["ratio_rmsprop"] = _ratio(s["median_iterations"], base_rms)
+    s["ratio_adam"] = _ratio(s["median_iterations"], base_adam)
+  return out
+
+
+def _step_seconds(task: str, label: str, summary: dict, overheads: Optional[dict]) -> float:
+  """Seconds per step for wall-clock figures: the interleaved overhead measurement when one
+  exists for this task (baseline step time times ratio), else the runs' own median."""
+  if overheads and task in overheads and label in overheads[task]:
+    return overheads[task][label]
+  return summary["seconds_per_step"]
+
+
+def plot_task(task: dict[str, Any], summary: dict[str, Any], path: str) -> None:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(8, 5))
+  styles = ["-", "--", ":", "-."]
+  for i, (label, s) in enumerate(summary["optimizers"].items()):
+    curves = [metrics.smooth(r["losses"], summary["window"]) for r in s["runs"]]
+    length = min(len(c) for c in curves)
+    stack = np.stack([c[:length] for c in curves])
+    x = np.arange(length)
+    (line,) = ax.plot(x, np.median(stack, 0), styles[(i // 10) % 4],
+                      label=f"{label} ({s['best_lr']:g})", linewidth=1.2)
+    ax.fill_between(x, stack.min(0), stack.max(0), color=line.get_color(), alpha=0.15)
+  if summary["target"]:
+    ax.axhline(summary["target"], color="black", linestyle="--", linewidth=0.8, label="target")
+  ax.set_yscale("log")
+  ax.set_xlabel("iteration")
+  ax.set_ylabel(f"training loss (minibatch, centered mean of {summary['window']})")
+  ax.set_title(task["name"], fontsize=10)
+  ax.legend(fontsize=7, ncol=2)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def plot_ratios(names: list[str], summaries: list[dict], labels: list[str], path: str) -> None:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(names) + 2), 4.5))
+  width = 0.8 / max(1, len(labels))
+  for j, label in enumerate(labels):
+    values = []
+    for s in summaries:
+      r = s["optimizers"].get(label, {}).get("ratio_rmsprop", math.nan)
+      values.append(np.nan if math.isnan(r) else min(r, 4.0))
+    ax.bar(np.arange(len(names)) + j * width, values, width, label=label)
+  ax.axhline(1.0, color="black", linewidth=0.8)
+  ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2)
+  ax.set_xticklabels(names, rotation=30, ha="right", fontsize=7)
+  ax.set_ylabel("iterations to target / same-core RMSProp\n(median; 4 = not reached)")
+  ax.legend(fontsize=7, ncol=2)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def build_report(grid_path: str, results_dir: Optional[str] = None,
+                 overheads_path: Optional[str] = None) -> str:
+  grid = run_lib.load_grid(grid_path)
+  out_file = run_lib.results_path(grid, results_dir)
+  folder = os.path.dirname(out_file)
+  records = run_lib.read_results(out_file)
+  overheads = None
+  if overheads_path and os.path.exists(overheads_path):
+    with open(overheads_path) as f:
+      overheads = json.load(f)
+  lines = [f"# Benchmark report: `{grid['name']}`", ""]
+  if grid.get("description"):
+    lines += [grid["description"], ""]
+  lines += [
+      f"Generated by `python -m benchmarks.report {os.path.relpath(grid_path)}` from "
+      f"{len(records)} runs. Seeds: {grid['seeds']}; learning-rate ladder "
+      f"{', '.join(f'{x:g}' for x in grid['lrs'])} (extended per optimizer while its best "
+      "sits at an edge); baselines: " + ", ".join(grid["baselines"]) + ".",
+      "",
+      "Metric: iterations until the centered moving average of the minibatch training loss "
+      "first reaches the task's target (fixed from the best baseline before the other "
+      "optimizers ran, written in the grid file); *n.r.* = not reached within the budget "
+      "(counted as infinite in medians). Each optimizer at its own best learning rate (lowest "
+      "median final loss, the mean over the last 10% of steps). Ratios < 1 mean fewer "
+      "iterations than the baseline.",
+      "",
+  ]
+  names, summaries = [], []
+  for task in grid["tasks"]:
+    summary = summarize_task(grid, task, records)
+    if not summary["optimizers"]:
+      continue
+    names.append(task["name"])
+    summaries.append(summary)
+  if not summaries:
+    lines.append("No complete results yet.")
+  labels = [lab for lab in grid["optimizers"] if any(lab in s["optimizers"] for s in summaries)]
+  if summaries:
+    lines += ["## Summary: median iterations to target, relative to same-core RMSProp", ""]
+    lines.append("| task | " + " | ".join(labels) + " |")
+    lines.append("|---|" + "---|" * len(labels))
+    for name, s in zip(names, summaries):
+      cells = [_fmt_ratio(s["optimizers"][lab]["ratio_rmsprop"]) if lab in s["optimizers"]
+               else "" for lab in labels]
+      lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "## Summary: relative to Adam (same core)", ""]
+    lines.append("| task | " + " | ".join(labels) + " |")
+    lines.append("|---|" + "---|" * len(labels))
+    for name, s in zip(names, summaries):
+      cells = [_fmt_ratio(s["optimizers"][lab]["ratio_adam"]) if lab in s["optimizers"]
+               else "" for lab in labels]
+      lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    plot_ratios(names, summaries, labels, os.path.join(folder, "ratios.png"))
+    lines += ["", "![ratios](ratios.png)", ""]
+  for name, summary in zip(names, summaries):
+    task = next(t for t in grid["tasks"] if t["name"] == name)
+    config = run_lib.task_config(grid, task)
+    lines += [f"## {name}", ""]
+    lines.append(
+        f"{config.dataset}, {config.model} depth {config.depth} width {config.width}"
+        + (f" channels {config.channels}" if config.model == "cnn" else "")
+        + f", {config.activation}, {config.init}, batch {config.batch_size}, "
+        f"{config.steps} steps. Target {summary['target']} "
+        f"({task.get('target_source', 'given')}).")
+    lines += ["",
+              "| optimizer | best lr | iterations to target (median [min, max]) | reached | "
+              "vs RMSProp | vs Adam | final loss (median [min, max]) | test acc. | ms/step | "
+              "wall-clock to target (s) |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for label, s in summary["optimizers"].items():
+      finite = [i for i in s["iterations"] if i is not None]
+      spread = (f" [{min(finite)}, {max(finite)}]" if finite else "")
+      if len(finite) < len(s["iterations"]) and finite:
+        spread = f" [{min(finite)}, n.r.]"
+      sec = _step_seconds(name, label, s, overheads)
+      wall = s["median_iterations"] * sec
+      lines.append(
+          f"| {label} | {s['best_lr']:g}{'*' if s['edge'] else ''} | "
+          f"{_fmt_iters(s['median_iterations'])}{spread} | {s['reached']}/{len(s['iterations'])}"
+          f" | {_fmt_ratio(s['ratio_rmsprop'])} | {_fmt_ratio(s['ratio_adam'])} | "
+          f"{np.median(s['final_losses']):.4f} [{min(s['final_losses']):.4f}, "
+          f"{max(s['final_losses']):.4f}] | {s['test_accuracy']:.3f} | {1e3 * sec:.2f} | "
+          f"{'n.r.' if math.isinf(wall) else f'{wall:.1f}'} |")
+    lines += ["", "Learning-rate sweep (median final loss over seeds; inf = diverged):", ""]
+    all_lrs = sorted({lr for s in summary["optimizers"].values() for lr in s["lrs"]})
+    lines.append("| optimizer | " + " | ".join(f"{lr:g}" for lr in all_lrs) + " |")
+    lines.append("|---|" + "---|" * len(all_lrs))
+    for label, s in summary["optimizers"].items():
+      cells = [f"{s['sweep'][lr]:.4f}" if lr in s["sweep"] else "" for lr in all_lrs]
+      lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    image = name.replace("/", "_") + ".png"
+    plot_task(task, summary, os.path.join(folder, image))
+    lines += ["", f"![{name}]({image})", ""]
+  lines.append("`*` best learning rate at the edge of the ladder run for that optimizer.")
+  report = os.path.join(folder, "REPORT.md")
+  with open(report, "w") as f:
+    f.write("\n".join(lines) + "\n")
+  return report
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("grid")
+  parser.add_argument("--results-dir", default=None)
+  parser.add_argument("--overheads", default=None,
+                      help="JSON {task: {optimizer: seconds per step}} from "
+                           "benchmarks.overheads, used for wall-clock to target")
+  args = parser.parse_args(argv)
+  print(build_report(args.grid, args.results_dir, args.overheads))
+
+
+if __name__ == "__main__":
+  main()
