@@ -32,11 +32,8 @@ Key = tuple[str, float, int]
 
 
 def final_loss(result: RunResult) -> float:
-  """Mean minibatch loss over the last 10% of the budget (infinite if the run diverged)."""
-  if result.diverged or not result.losses:
-    return math.inf
-  tail = max(1, len(result.losses) // 10)
-  return float(np.mean(result.losses[-tail:]))
+  """:func:`avggrad.metrics.final_loss` of a run."""
+  return metrics.final_loss(result.losses, result.diverged)
 
 
 @dataclasses.dataclass

@@ -55,6 +55,21 @@ def iterations_to_target(
   return int(hits[0]) if len(hits) else None
 
 
+def final_loss(losses: Sequence[float], diverged: bool = False) -> float:
+  """Mean minibatch loss over the last 10% of a run; infinite if the run diverged.
+
+  This is the score that picks each optimizer's best learning rate.
+
+  Example:
+    >>> final_loss([4.0] * 18 + [2.0, 1.0])
+    1.5
+  """
+  if diverged or len(losses) == 0:
+    return math.inf
+  tail = max(1, len(losses) // 10)
+  return float(np.mean(np.asarray(losses[-tail:], np.float64)))
+
+
 def median_iterations(counts: Sequence[Optional[int]]) -> float:
   """Median of iterations-to-target over seeds, with "not reached" counted as infinite.
 

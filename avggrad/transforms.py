@@ -246,16 +246,15 @@ def average_gradient(
   .. math::
 
     \hat\Delta = \mathrm{inner}(g), \qquad
-    ar g = \int_0^1 
-abla L(w + 	au s \hat\Delta)\, d	au, \qquad
-    \Delta = \mathrm{inner}(\mathrm{combine}(g, ar g)).
+    \bar g = \int_0^1 \nabla L(w + \tau s \hat\Delta)\, d\tau, \qquad
+    \Delta = \mathrm{inner}(\mathrm{combine}(g, \bar g)).
 
   With ``accumulate="point"`` the second-moment accumulator of ``inner`` is fed :math:`g`
-  while the step uses :math:`ar g` (``inner`` must then contain :func:`scale_by_rms` or
+  while the step uses :math:`\bar g` (``inner`` must then contain :func:`scale_by_rms` or
   :func:`scale_by_adam`, which take the ``second_moment_updates`` extra argument).
 
   Why a safeguard can matter: on a quadratic with Hessian :math:`H` and a diagonal
-  preconditioner :math:`P`, the predicted step gives :math:`ar g = (I - 	frac12 HP) g`, so
+  preconditioner :math:`P`, the predicted step gives :math:`\bar g = (I - \tfrac12 HP) g`, so
   along an eigendirection of :math:`PH` with eigenvalue :math:`\lambda > 0` the step is
   shortened by :math:`1 - \lambda/2` (reversed beyond :math:`\lambda = 2`); only where the
   loss curves down (:math:`\lambda < 0`: plateaus, saddles) is it lengthened.
@@ -267,7 +266,7 @@ abla L(w + 	au s \hat\Delta)\, d	au, \qquad
     num_points: Gauss-Legendre nodes of the ``"quadrature"`` estimator.
     span: average over ``span`` times the range (:math:`s`), the step itself unchanged.
     update_range: ``"predicted"`` or ``"previous"``.
-    accumulate: ``"average"`` (the accumulator sees :math:`ar g`) or ``"point"``
+    accumulate: ``"average"`` (the accumulator sees :math:`\bar g`) or ``"point"``
       (it sees :math:`g`).
     combine: ``"replace"`` or ``"accelerate"`` (see :data:`COMBINES`).
 
@@ -361,11 +360,8 @@ def scale_by_rms(
 
   .. math::
 
-    
-u_t = eta 
-u_{t-1} + (1 - eta) v_t^2, \qquad
-    u_t = rac{g_t}{\sqrt{
-u_t + \epsilon_{	ext{root}}} + \epsilon},
+    \nu_t = \beta \nu_{t-1} + (1 - \beta) v_t^2, \qquad
+    u_t = \frac{g_t}{\sqrt{\nu_t + \epsilon_{\text{root}}} + \epsilon},
 
   where :math:`v_t` is the ``second_moment_updates`` extra argument when given and the
   incoming update :math:`g_t` otherwise. ``eps`` is added outside the root, as in Keras and
@@ -374,11 +370,10 @@ u_t + \epsilon_{	ext{root}}} + \epsilon},
   Optax's placement.
 
   Args:
-    decay: :math:`eta`, the decay of the moving average.
+    decay: :math:`\beta`, the decay of the moving average.
     eps: :math:`\epsilon`, added to the root.
-    eps_root: :math:`\epsilon_{	ext{root}}`, added under the root.
-    initial_scale: initial value of :math:`
-u`.
+    eps_root: :math:`\epsilon_{\text{root}}`, added under the root.
+    initial_scale: initial value of :math:`\nu`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -436,22 +431,19 @@ def scale_by_adam(
 
   .. math::
 
-    m_t = eta_1 m_{t-1} + (1 - eta_1) g_t, \quad
-    
-u_t = eta_2 
-u_{t-1} + (1 - eta_2) v_t^2, \quad
-    u_t = rac{m_t / (1 - eta_1^t)}{\sqrt{
-u_t / (1 - eta_2^t) + \epsilon_{	ext{root}}}
+    m_t = \beta_1 m_{t-1} + (1 - \beta_1) g_t, \quad
+    \nu_t = \beta_2 \nu_{t-1} + (1 - \beta_2) v_t^2, \quad
+    u_t = \frac{m_t / (1 - \beta_1^t)}{\sqrt{\nu_t / (1 - \beta_2^t) + \epsilon_{\text{root}}}
     + \epsilon},
 
   where :math:`v_t` is the ``second_moment_updates`` extra argument when given and
   :math:`g_t` otherwise (then this is exactly ``optax.scale_by_adam``).
 
   Args:
-    b1: :math:`eta_1`, decay of the first moment.
-    b2: :math:`eta_2`, decay of the second moment.
+    b1: :math:`\beta_1`, decay of the first moment.
+    b2: :math:`\beta_2`, decay of the second moment.
     eps: :math:`\epsilon`, added outside the root.
-    eps_root: :math:`\epsilon_{	ext{root}}`, added under the root.
+    eps_root: :math:`\epsilon_{\text{root}}`, added under the root.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.

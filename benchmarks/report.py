@@ -29,11 +29,11 @@ from benchmarks import run as run_lib
 RMSPROP, ADAM = "rmsprop", "adam"
 
 
-def _fmt_iters(value: float) -> str:
+def fmt_iters(value: float) -> str:
   return "n.r." if math.isinf(value) else ("-" if math.isnan(value) else f"{value:.0f}")
 
 
-def _fmt_ratio(value: float) -> str:
+def fmt_ratio(value: float) -> str:
   if math.isnan(value):
     return "-"
   return "n.r." if math.isinf(value) else f"{value:.2f}"
@@ -194,14 +194,14 @@ def build_report(grid_path: str, results_dir: Optional[str] = None,
     lines.append("| task | " + " | ".join(labels) + " |")
     lines.append("|---|" + "---|" * len(labels))
     for name, s in zip(names, summaries):
-      cells = [_fmt_ratio(s["optimizers"][lab]["ratio_rmsprop"]) if lab in s["optimizers"]
+      cells = [fmt_ratio(s["optimizers"][lab]["ratio_rmsprop"]) if lab in s["optimizers"]
                else "" for lab in labels]
       lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "## Summary: relative to Adam (same core)", ""]
     lines.append("| task | " + " | ".join(labels) + " |")
     lines.append("|---|" + "---|" * len(labels))
     for name, s in zip(names, summaries):
-      cells = [_fmt_ratio(s["optimizers"][lab]["ratio_adam"]) if lab in s["optimizers"]
+      cells = [fmt_ratio(s["optimizers"][lab]["ratio_adam"]) if lab in s["optimizers"]
                else "" for lab in labels]
       lines.append(f"| {name} | " + " | ".join(cells) + " |")
     plot_ratios(names, summaries, labels, os.path.join(folder, "ratios.png"))
@@ -230,8 +230,8 @@ def build_report(grid_path: str, results_dir: Optional[str] = None,
       wall = s["median_iterations"] * sec
       lines.append(
           f"| {label} | {s['best_lr']:g}{'*' if s['edge'] else ''} | "
-          f"{_fmt_iters(s['median_iterations'])}{spread} | {s['reached']}/{len(s['iterations'])}"
-          f" | {_fmt_ratio(s['ratio_rmsprop'])} | {_fmt_ratio(s['ratio_adam'])} | "
+          f"{fmt_iters(s['median_iterations'])}{spread} | {s['reached']}/{len(s['iterations'])}"
+          f" | {fmt_ratio(s['ratio_rmsprop'])} | {fmt_ratio(s['ratio_adam'])} | "
           f"{np.median(s['final_losses']):.4f} [{min(s['final_losses']):.4f}, "
           f"{max(s['final_losses']):.4f}] | {s['test_accuracy']:.3f} | {1e3 * sec:.2f} | "
           f"{'n.r.' if math.isinf(wall) else f'{wall:.1f}'} |")

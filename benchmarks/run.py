@@ -46,7 +46,7 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
-from avggrad import compare, data, metrics, training
+from avggrad import data, metrics, training
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 QUICK_GRID = os.path.join(HERE, "grids", "quick.json")
@@ -166,7 +166,7 @@ class Runner:
     with open(self.out, "a") as f:
       f.write(json.dumps(record) + "\n")
     self.done[key] = record
-    final = compare.final_loss(result)
+    final = final_loss(record)
     print(f"[{task['name']}] {label} lr={lr:g} seed={seed}: {result.status}, final loss "
           f"{final:.4f}, {1e3 * result.seconds_per_step:.2f} ms/step "
           f"({record['wall_seconds']:.0f}s)", flush=True)
@@ -256,11 +256,8 @@ class Runner:
 
 
 def final_loss(record: dict[str, Any]) -> float:
-  """Mean minibatch loss over the last 10% of the budget (infinite if diverged)."""
-  if record["status"] != "ok" or not record["losses"]:
-    return math.inf
-  losses = record["losses"]
-  return float(np.mean(losses[-max(1, len(losses) // 10):]))
+  """:func:`avggrad.metrics.final_loss` of a run record."""
+  return metrics.final_loss(record["losses"], record["status"] != "ok")
 
 
 def main(argv: Optional[list[str]] = None) -> None:
