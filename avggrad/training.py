@@ -218,6 +218,22 @@ def train_step(model: nnx.Module, optimizer: nnx.Optimizer, x: jax.Array, y: jax
   return loss
 
 
+def chunk_fn(graphdef: Any) -> Callable:
+  """``run_chunk(state, x_all, y_all, idx) -> (state, losses)``: ``len(idx)`` training steps
+  in one ``lax.scan``, on the minibatches ``x_all[idx[i]]``; ``state`` is the
+  ``nnx.split((model, optimizer))`` state belonging to ``graphdef``."""
+
+  def run_chunk(state: Any, x_all: jax.Array, y_all: jax.Array, idx: jax.Array):
+    def body(state: Any, batch_idx: jax.Array):
+      model, optimizer = nnx.merge(graphdef, state)
+      loss = train_step(model, optimizer, x_all[batch_idx], y_all[batch_idx])
+      return nnx.state((model, optimizer)), loss
+
+    return jax.lax.scan(body, state, idx)
+
+  return run_chunk
+
+
 def _batch_indices(num_examples: int, batch_size: int, steps: int, seed: int) -> np.ndarray:
   """Minibatch indices for every step: shuffled epochs, the same for every optimizer."""
   rng = np.random.default_rng(seed)
@@ -285,13 +301,7 @@ def train(
   graphdef, state = nnx.split((model, optimizer))
   model_graphdef = nnx.graphdef(model)
 
-  def run_chunk(state: Any, x_all: jax.Array, y_all: jax.Array, idx: jax.Array):
-    def body(state: Any, batch_idx: jax.Array):
-      model, optimizer = nnx.merge(graphdef, state)
-      loss = train_step(model, optimizer, x_all[batch_idx], y_all[batch_idx])
-      return nnx.state((model, optimizer)), loss
-
-    return jax.lax.scan(body, state, idx)
+  run_chunk = chunk_fn(graphdef)
 
   x_all = jnp.asarray(train_data.x)
   y_all = jnp.asarray(train_data.y)

@@ -188,7 +188,9 @@ def scale_by_average_gradient(
   combine_fn = COMBINES[combine]
 
   def init_fn(params: Params) -> ScaleByAverageGradientState:
-    return ScaleByAverageGradientState(prev_params=params)
+    # A copy, not the same buffers: a train step that donates its state must not donate one
+    # buffer twice.
+    return ScaleByAverageGradientState(prev_params=jax.tree.map(jnp.copy, params))
 
   def update_fn(
       updates: Updates,

@@ -95,8 +95,9 @@ def summarize_task(grid: dict[str, Any], task: dict[str, Any],
 def _step_seconds(task: str, label: str, summary: dict, overheads: Optional[dict]) -> float:
   """Seconds per step for wall-clock figures: the interleaved overhead measurement when one
   exists for this task (baseline step time times ratio), else the runs' own median."""
-  if overheads and task in overheads and label in overheads[task]:
-    return overheads[task][label]
+  measured = (overheads or {}).get("tasks", {}).get(task, {}).get(label)
+  if measured:
+    return measured["seconds_per_step"]
   return summary["seconds_per_step"]
 
 
@@ -159,7 +160,8 @@ def build_report(grid_path: str, results_dir: Optional[str] = None,
   folder = os.path.dirname(out_file)
   records = run_lib.read_results(out_file)
   overheads = None
-  if overheads_path and os.path.exists(overheads_path):
+  overheads_path = overheads_path or os.path.join(folder, "overheads.json")
+  if os.path.exists(overheads_path):
     with open(overheads_path) as f:
       overheads = json.load(f)
   lines = [f"# Benchmark report: `{grid['name']}`", ""]
@@ -257,8 +259,8 @@ def main(argv: Optional[list[str]] = None) -> None:
   parser.add_argument("grid")
   parser.add_argument("--results-dir", default=None)
   parser.add_argument("--overheads", default=None,
-                      help="JSON {task: {optimizer: seconds per step}} from "
-                           "benchmarks.overheads, used for wall-clock to target")
+                      help="overheads.json from benchmarks.overheads (default: next to the "
+                           "results), used for wall-clock to target")
   args = parser.parse_args(argv)
   print(build_report(args.grid, args.results_dir, args.overheads))
 

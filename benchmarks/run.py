@@ -120,6 +120,13 @@ def _round(values: Iterable[float]) -> list[float]:
   return [float(f"{v:.5g}") if math.isfinite(v) else v for v in values]
 
 
+def load_splits(config: training.TrainConfig) -> tuple[data.Dataset, data.Dataset]:
+  """The training and test splits a configuration names."""
+  kwargs = dict(data_dir=config.data_dir, limit=config.limit, vocab_size=config.vocab_size,
+                max_len=config.max_len)
+  return data.load(config.dataset, "train", **kwargs), data.load(config.dataset, "test", **kwargs)
+
+
 class Runner:
   """Runs jobs of one grid, appending records and caching loaded datasets."""
 
@@ -135,10 +142,7 @@ class Runner:
   def datasets(self, config: training.TrainConfig) -> tuple[data.Dataset, data.Dataset]:
     key = (config.dataset, config.limit, config.vocab_size, config.max_len)
     if key not in self._datasets:
-      kwargs = dict(data_dir=config.data_dir, limit=config.limit, vocab_size=config.vocab_size,
-                    max_len=config.max_len)
-      self._datasets[key] = (data.load(config.dataset, "train", **kwargs),
-                             data.load(config.dataset, "test", **kwargs))
+      self._datasets[key] = load_splits(config)
     return self._datasets[key]
 
   def run(self, task: dict[str, Any], label: str, lr: float, seed: int) -> Optional[dict]:

@@ -321,3 +321,20 @@ class TestErrors:
     tx = avggrad.rmsprop_baseline(0.1)
     params = jnp.ones(3)
     tx.update(params, tx.init(params), params, value_fn=jnp.sum, anything=1)
+
+
+@pytest.mark.parametrize("update_range", avggrad.RANGES)
+def test_train_step_can_donate_params_and_state(update_range):
+  """The state holds no buffer shared with params (donating both must work)."""
+  params, loss = _problem()
+  tx = avggrad.adam(0.01, update_range=update_range)
+  state = tx.init(params)
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def step(p, s):
+    updates, s = tx.update(jax.grad(loss)(p), s, p, value_fn=loss)
+    return optax.apply_updates(p, updates), s
+
+  for _ in range(2):
+    params, state = step(params, state)
+  assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(params))

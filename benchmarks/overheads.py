@@ -1,0 +1,115 @@
+"""Time per step and memory of every optimizer of a grid, on each task's model, in one process.
+
+For each task, every optimizer's training step (the same compiled chunk of steps that
+``avggrad.training.train`` runs) is timed in turns with the others, so machine drift hits all
+alike; memory is XLA's allocation for one step (arguments, outputs, temporaries) without the
+dataset. Ratios are against same-core RMSProp measured in the same process. The report uses
+these times for wall-clock to target.
+
+Usage::
+
+  python -m benchmarks.overheads benchmarks/grids/main.json [--tasks PATTERN]
+      [--out benchmarks/results/main/overheads.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import fnmatch
+import json
+import os
+import platform
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from avggrad import training
+from benchmarks import run as run_lib
+from benchmarks.timing import interleaved_seconds, peak_bytes
+
+
+class _Stepper:
+  """Calls a compiled, state-donating chunk repeatedly, feeding its state back."""
+
+  def __init__(self, compiled: Any, state: Any, x: jax.Array, y: jax.Array, idx: jax.Array):
+    self.compiled, self.state, self.x, self.y, self.idx = compiled, state, x, y, idx
+
+  def __call__(self) -> jax.Array:
+    self.state, losses = self.compiled(self.state, self.x, self.y, self.idx)
+    return losses
+
+
+def measure_task(grid: dict[str, Any], task: dict[str, Any], *, chunk: int = 10,
+                 number: int = 3, repeats: int = 5, data_dir: Optional[str] = None,
+                 labels: Optional[list[str]] = None) -> dict[str, dict[str, float]]:
+  config = run_lib.task_config(grid, task)
+  if data_dir and not config.data_dir and config.dataset != "fashion_mnist_small":
+    config = dataclasses.replace(config, data_dir=data_dir)
+  limit = max(config.batch_size * chunk, 512)
+  train_data, _ = run_lib.load_splits(dataclasses.replace(config, limit=limit))
+  x_all, y_all = jnp.asarray(train_data.x), jnp.asarray(train_data.y)
+  idx = jnp.asarray(np.arange(chunk * config.batch_size).reshape(chunk, config.batch_size)
+                    % len(train_data.y), jnp.int32)
+  labels = labels or run_lib.task_optimizers(grid, task)
+  steppers, memory = [], {}
+  for label in labels:
+    tx = training.make_optimizer(grid["optimizers"][label], 1e-4)
+    model = training.make_model(config, train_data, nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    graphdef, state = nnx.split((model, optimizer))
+    run_chunk = training.chunk_fn(graphdef)
+    compiled = jax.jit(run_chunk, donate_argnums=0).lower(state, x_all, y_all, idx).compile()
+    steppers.append(_Stepper(compiled, state, x_all, y_all, idx))
+    one = idx[:1]
+    memory[label] = peak_bytes(lambda s, xb, yb: run_chunk(s, xb, yb, jnp.arange(
+        config.batch_size, dtype=jnp.int32)[None]), nnx.split((model, optimizer))[1],
+        x_all[one[0]], y_all[one[0]])
+  seconds = interleaved_seconds([(s, ()) for s in steppers], number=number, repeats=repeats)
+  base = dict(zip(labels, seconds)).get("rmsprop", seconds[0])
+  base_mem = memory.get("rmsprop", next(iter(memory.values())))
+  return {
+      label: {"seconds_per_step": t / chunk, "ratio_rmsprop": t / base,
+              "bytes": memory[label], "memory_ratio_rmsprop": memory[label] / base_mem}
+      for label, t in zip(labels, seconds)
+  }
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("grid")
+  parser.add_argument("--tasks", default="*")
+  parser.add_argument("--out", default=None, help="default: next to the grid's results")
+  parser.add_argument("--data-dir", default=os.environ.get("AVGGRAD_DATA_DIR"))
+  parser.add_argument("--chunk", type=int, default=10)
+  parser.add_argument("--repeats", type=int, default=5)
+  args = parser.parse_args(argv)
+  grid = run_lib.load_grid(args.grid)
+  out = args.out or os.path.join(os.path.dirname(run_lib.results_path(grid)), "overheads.json")
+  results: dict[str, Any] = {}
+  if os.path.exists(out):
+    with open(out) as f:
+      results = json.load(f)
+  device = jax.devices()[0]
+  results["device"] = (f"{device.platform} {getattr(device, 'device_kind', '')}, "
+                       f"{platform.machine()}, {os.cpu_count()} cores")
+  tasks = results.setdefault("tasks", {})
+  for task in grid["tasks"]:
+    if not fnmatch.fnmatch(task["name"], args.tasks):
+      continue
+    tasks[task["name"]] = measure_task(grid, task, chunk=args.chunk, repeats=args.repeats,
+                                       data_dir=args.data_dir)
+    print(f"[{task['name']}]")
+    for label, m in tasks[task["name"]].items():
+      print(f"  {label:24s} {1e3 * m['seconds_per_step']:8.2f} ms/step  x{m['ratio_rmsprop']:.2f}"
+            f"  {m['bytes'] / 2**20:8.1f} MiB  x{m['memory_ratio_rmsprop']:.2f}", flush=True)
+    with open(out, "w") as f:
+      json.dump(results, f, indent=2)
+  print(out)
+
+
+if __name__ == "__main__":
+  main()
