@@ -1,10 +1,10 @@
-"""Training loop: NNX models, any Optax or avggrad optimizer, chunked jit-compiled steps.
+"""Training loop: NNX models, any Optax or avggrad optimizer, jit-compiled steps.
 
 :func:`train` runs one configuration (:class:`TrainConfig`) and returns a :class:`RunResult`
 with the per-step minibatch losses, periodic evaluations of the training loss and accuracy,
-the final test metrics and the wall-clock time per step. Steps run in chunks of
-``eval_every`` inside one compiled ``lax.scan``, so Python overhead does not distort the
-timings. The same seed gives the same initial weights and the same minibatch order whatever
+the final test metrics and the wall-clock time per step. Each step is one compiled call;
+the losses of ``eval_every`` steps are fetched together, so the host does not wait on the
+device between steps. The same seed gives the same initial weights and the same minibatch order whatever
 the optimizer, so optimizers are compared on identical data.
 
 The average-gradient optimizers receive ``value_fn`` (the loss on the current minibatch as a
@@ -160,8 +160,9 @@ class RunResult:
       ``eval_examples`` training examples.
     status: ``"ok"`` or ``"diverged at step N"`` (non-finite loss; the run stopped there).
     test_loss, test_accuracy: on the test split at the end (NaN if diverged).
-    seconds_per_step: wall-clock per step, excluding compilation and the first chunk.
-    compile_seconds: time to compile the training chunk.
+    seconds_per_step: wall-clock per step, excluding compilation and the first
+      ``eval_every`` steps (warm-up).
+    compile_seconds: time to compile the training step.
   """
 
   config: dict[str, Any]
@@ -218,20 +219,18 @@ def train_step(model: nnx.Module, optimizer: nnx.Optimizer, x: jax.Array, y: jax
   return loss
 
 
-def chunk_fn(graphdef: Any) -> Callable:
-  """``run_chunk(state, x_all, y_all, idx) -> (state, losses)``: ``len(idx)`` training steps
-  in one ``lax.scan``, on the minibatches ``x_all[idx[i]]``; ``state`` is the
-  ``nnx.split((model, optimizer))`` state belonging to ``graphdef``."""
+def step_fn(graphdef: Any) -> Callable:
+  """``step(state, x_all, y_all, batch_idx) -> (state, loss)``: one training step on the
+  minibatch ``x_all[batch_idx]``; ``state`` is the ``nnx.split((model, optimizer))`` state
+  belonging to ``graphdef``. (One compiled step per call: on CPU a ``lax.scan`` over steps
+  made convolutions several times slower.)"""
 
-  def run_chunk(state: Any, x_all: jax.Array, y_all: jax.Array, idx: jax.Array):
-    def body(state: Any, batch_idx: jax.Array):
-      model, optimizer = nnx.merge(graphdef, state)
-      loss = train_step(model, optimizer, x_all[batch_idx], y_all[batch_idx])
-      return nnx.state((model, optimizer)), loss
+  def step(state: Any, x_all: jax.Array, y_all: jax.Array, batch_idx: jax.Array):
+    model, optimizer = nnx.merge(graphdef, state)
+    loss = train_step(model, optimizer, x_all[batch_idx], y_all[batch_idx])
+    return nnx.state((model, optimizer)), loss
 
-    return jax.lax.scan(body, state, idx)
-
-  return run_chunk
+  return step
 
 
 def _batch_indices(num_examples: int, batch_size: int, steps: int, seed: int) -> np.ndarray:
@@ -301,18 +300,15 @@ def train(
   graphdef, state = nnx.split((model, optimizer))
   model_graphdef = nnx.graphdef(model)
 
-  run_chunk = chunk_fn(graphdef)
-
   x_all = jnp.asarray(train_data.x)
   y_all = jnp.asarray(train_data.y)
-  indices = _batch_indices(len(train_data), config.batch_size, config.steps, config.seed)
-  chunk = min(config.eval_every, config.steps)
+  indices = jnp.asarray(
+      _batch_indices(len(train_data), config.batch_size, config.steps, config.seed))
   start = time.perf_counter()
-  compiled = jax.jit(run_chunk, donate_argnums=0).lower(
-      state, x_all, y_all, jnp.asarray(indices[:chunk])).compile()
+  compiled = jax.jit(step_fn(graphdef), donate_argnums=0).lower(
+      state, x_all, y_all, indices[0]).compile()
   compile_seconds = time.perf_counter() - start
-  tail = config.steps % chunk
-  compiled_tail = None
+  chunk = min(config.eval_every, config.steps)
   evaluate = _evaluate_fn(model_graphdef)
   eval_x = train_data.x[: config.eval_examples]
   eval_y = train_data.y[: config.eval_examples]
@@ -355,15 +351,11 @@ def train(
     step = 0
     while step < config.steps:
       size = min(chunk, config.steps - step)
-      idx = jnp.asarray(indices[step : step + size])
       tick = time.perf_counter()
-      if size == chunk:
-        state, chunk_losses = compiled(state, x_all, y_all, idx)
-      else:
-        if compiled_tail is None:
-          compiled_tail = jax.jit(run_chunk, donate_argnums=0).lower(
-              state, x_all, y_all, idx).compile()
-        state, chunk_losses = compiled_tail(state, x_all, y_all, idx)
+      chunk_losses = []
+      for i in range(step, step + size):
+        state, loss = compiled(state, x_all, y_all, indices[i])
+        chunk_losses.append(loss)
       chunk_losses = np.asarray(jax.device_get(chunk_losses), np.float64)
       seconds = time.perf_counter() - tick
       run_seconds += seconds

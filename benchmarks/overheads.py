@@ -1,6 +1,6 @@
 """Time per step and memory of every optimizer of a grid, on each task's model, in one process.
 
-For each task, every optimizer's training step (the same compiled chunk of steps that
+For each task, every optimizer's training step (the same compiled step that
 ``avggrad.training.train`` runs) is timed in turns with the others, so machine drift hits all
 alike; memory is XLA's allocation for one step (arguments, outputs, temporaries) without the
 dataset. Ratios are against same-core RMSProp measured in the same process. The report uses
@@ -33,13 +33,16 @@ from benchmarks.timing import interleaved_seconds, peak_bytes
 
 
 class _Stepper:
-  """Calls a compiled, state-donating chunk repeatedly, feeding its state back."""
+  """Runs ``len(idx)`` steps of a compiled, state-donating step, feeding its state back."""
 
   def __init__(self, compiled: Any, state: Any, x: jax.Array, y: jax.Array, idx: jax.Array):
     self.compiled, self.state, self.x, self.y, self.idx = compiled, state, x, y, idx
 
-  def __call__(self) -> jax.Array:
-    self.state, losses = self.compiled(self.state, self.x, self.y, self.idx)
+  def __call__(self) -> list[jax.Array]:
+    losses = []
+    for row in self.idx:
+      self.state, loss = self.compiled(self.state, self.x, self.y, row)
+      losses.append(loss)
     return losses
 
 
@@ -52,8 +55,8 @@ def measure_task(grid: dict[str, Any], task: dict[str, Any], *, chunk: int = 10,
   limit = max(config.batch_size * chunk, 512)
   train_data, _ = run_lib.load_splits(dataclasses.replace(config, limit=limit))
   x_all, y_all = jnp.asarray(train_data.x), jnp.asarray(train_data.y)
-  idx = jnp.asarray(np.arange(chunk * config.batch_size).reshape(chunk, config.batch_size)
-                    % len(train_data.y), jnp.int32)
+  idx = list(jnp.asarray(np.arange(chunk * config.batch_size).reshape(
+      chunk, config.batch_size) % len(train_data.y), jnp.int32))
   labels = labels or run_lib.task_optimizers(grid, task)
   steppers, memory = [], {}
   for label in labels:
@@ -61,13 +64,12 @@ def measure_task(grid: dict[str, Any], task: dict[str, Any], *, chunk: int = 10,
     model = training.make_model(config, train_data, nnx.Rngs(0))
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     graphdef, state = nnx.split((model, optimizer))
-    run_chunk = training.chunk_fn(graphdef)
-    compiled = jax.jit(run_chunk, donate_argnums=0).lower(state, x_all, y_all, idx).compile()
+    step = training.step_fn(graphdef)
+    compiled = jax.jit(step, donate_argnums=0).lower(state, x_all, y_all, idx[0]).compile()
     steppers.append(_Stepper(compiled, state, x_all, y_all, idx))
-    one = idx[:1]
-    memory[label] = peak_bytes(lambda s, xb, yb: run_chunk(s, xb, yb, jnp.arange(
-        config.batch_size, dtype=jnp.int32)[None]), nnx.split((model, optimizer))[1],
-        x_all[one[0]], y_all[one[0]])
+    batch = jnp.arange(config.batch_size, dtype=jnp.int32)
+    memory[label] = peak_bytes(step, nnx.split((model, optimizer))[1],
+                               x_all[: config.batch_size], y_all[: config.batch_size], batch)
   seconds = interleaved_seconds([(s, ()) for s in steppers], number=number, repeats=repeats)
   base = dict(zip(labels, seconds)).get("rmsprop", seconds[0])
   base_mem = memory.get("rmsprop", next(iter(memory.values())))
