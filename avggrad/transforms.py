@@ -58,9 +58,32 @@ def _accelerate(point: Any, average: Any) -> Any:
   return jax.tree.map(pick, point, average)
 
 
+def _no_flip(point: Any, average: Any) -> Any:
+  r"""``combine="no_flip"``: :math:`\bar g_i` unless it has the opposite sign of :math:`g_i`.
+
+  Steps may be lengthened or shortened, but no coordinate moves against its gradient.
+  """
+
+  def pick(g: jax.Array, gbar: jax.Array) -> jax.Array:
+    return jnp.where(g * gbar > 0, gbar, g).astype(g.dtype)
+
+  return jax.tree.map(pick, point, average)
+
+
+def _finite_or_point(point: Any, average: Any) -> Any:
+  """The average gradient where it is finite, the point gradient elsewhere.
+
+  A long step can reach a region where the loss overflows; the average over such a range is
+  not defined, and the point gradient (its limit for a short step) stands in for it.
+  """
+  return jax.tree.map(lambda g, a: jnp.where(jnp.isfinite(a), a, g).astype(g.dtype),
+                      point, average)
+
+
 COMBINES: dict[str, Callable[[Any, Any], Any]] = {
     "replace": _replace,
     "accelerate": _accelerate,
+    "no_flip": _no_flip,
 }
 
 
@@ -144,7 +167,9 @@ def scale_by_average_gradient(
     \bar g_t = \int_0^1 \nabla L_t(w_t + \tau s \Delta_{t-1})\, d\tau ,
 
   where :math:`L_t` is the loss on the current batch (``value_fn``) and :math:`s` the
-  ``span``. At the first step :math:`\Delta = 0` and the point gradient passes through. The
+  ``span``. At the first step :math:`\Delta = 0` and the point gradient passes through; so
+  it does for any element where the average is not finite (the loss overflows somewhere
+  along the range). The
   previous update is the one actually applied, whatever follows in the chain, so this is
   chainable in front of any scaling::
 
@@ -203,6 +228,7 @@ def scale_by_average_gradient(
     _require(params, value_fn, "scale_by_average_gradient")
     delta = _scale_tree(otree.sub(params, state.prev_params), span)
     avg = average(_bind_value_fn(value_fn, extra_args), params, delta)
+    avg = _finite_or_point(updates, avg)
     new_updates = optax.tree.cast_like(combine_fn(updates, avg), updates)
     return new_updates, ScaleByAverageGradientState(prev_params=params)
 
@@ -251,7 +277,9 @@ def average_gradient(
     \bar g = \int_0^1 \nabla L(w + \tau s \hat\Delta)\, d\tau, \qquad
     \Delta = \mathrm{inner}(\mathrm{combine}(g, \bar g)).
 
-  With ``accumulate="point"`` the second-moment accumulator of ``inner`` is fed :math:`g`
+  Elements where :math:`\bar g` is not finite (the loss overflows somewhere along a long
+  range) take :math:`g`. With ``accumulate="point"`` the second-moment accumulator of
+  ``inner`` is fed :math:`g`
   while the step uses :math:`\bar g` (``inner`` must then contain :func:`scale_by_rms` or
   :func:`scale_by_adam`, which take the ``second_moment_updates`` extra argument).
 
@@ -335,6 +363,7 @@ def average_gradient(
       avg, range_state = tracker.update(
           point, range_state, params, value_fn=value_fn, **extra_args
       )
+    avg = _finite_or_point(point, avg)
     combined = optax.tree.cast_like(combine_fn(point, avg), point)
     if accumulate == "point":
       extra_args = dict(extra_args, second_moment_updates=point)

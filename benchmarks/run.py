@@ -63,6 +63,10 @@ def load_grid(path: str) -> dict[str, Any]:
     raise ValueError(f"{path}: baselines {unknown} are not among the optimizers.")
   for spec in grid["optimizers"].values():
     training.parse_optimizer(spec)
+  for task in grid["tasks"]:
+    for label in task_optimizers(grid, task):
+      if label not in grid["optimizers"]:
+        raise ValueError(f"{path}: task {task['name']!r} names unknown optimizer {label!r}.")
   names = [t["name"] for t in grid["tasks"]]
   if len(set(names)) != len(names):
     raise ValueError(f"{path}: task names must be unique.")
@@ -107,7 +111,10 @@ def task_config(grid: dict[str, Any], task: dict[str, Any]) -> training.TrainCon
 
 
 def task_optimizers(grid: dict[str, Any], task: dict[str, Any]) -> list[str]:
-  labels = task.get("optimizers") or list(grid["optimizers"])
+  """The task's optimizers (its own list, else the grid's ``task_optimizers``, else all),
+  baselines first; a task's ``extra_optimizers`` are appended."""
+  labels = task.get("optimizers") or grid.get("task_optimizers") or list(grid["optimizers"])
+  labels = list(labels) + [x for x in task.get("extra_optimizers", []) if x not in labels]
   baselines = [b for b in grid["baselines"] if b in labels]
   return baselines + [label for label in labels if label not in baselines]
 

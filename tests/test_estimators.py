@@ -424,3 +424,17 @@ class TestErrors:
     fn = avggrad.value_and_average_grad(jnp.sum, has_aux=True)
     with pytest.raises(TypeError, match="pair"):
       fn(jnp.ones(3), jnp.ones(3))
+
+
+def test_log_secant_with_ends_far_apart():
+  """log of an input that falls from ~1 to ~1e-12 over the step (as inside logsumexp when
+  the logits fall far over a long step): log(exp(w)) = w must have average derivative 1."""
+  w = jnp.array([0.00098, 0.5, -3.0], jnp.float32)
+  d = jnp.array([-27.16, 16.7, 1e-6], jnp.float32)
+  _, g = avggrad.value_and_average_grad(lambda v: jnp.sum(jnp.log(jnp.exp(v))))(w, d)
+  np.testing.assert_allclose(g, [1.0, 1.0, 1.0], rtol=1e-4)
+  # log1p(expm1(w)) = w for w > 0; the input of log1p goes from ~1e-3 to ~2e7
+  w = jnp.array([0.001, 17.0], jnp.float32)
+  d = jnp.array([16.0, -16.999], jnp.float32)
+  _, g = avggrad.value_and_average_grad(lambda v: jnp.sum(jnp.log1p(jnp.expm1(v))))(w, d)
+  np.testing.assert_allclose(g, [1.0, 1.0], rtol=1e-3)

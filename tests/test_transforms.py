@@ -122,6 +122,8 @@ def test_accelerate_only_enlarges_steps():
   combined = avggrad.COMBINES["accelerate"](g, gbar)
   np.testing.assert_allclose(combined["a"], [2.0, 1.0, -4.0, 2.0, -3.5])
   assert avggrad.COMBINES["replace"](g, gbar) is gbar
+  no_flip = avggrad.COMBINES["no_flip"](g, gbar)
+  np.testing.assert_allclose(no_flip["a"], [2.0, 0.5, -4.0, 2.0, -3.5])
 
 
 def test_accelerate_in_the_transform_never_shortens_a_coordinate():
@@ -338,3 +340,18 @@ def test_train_step_can_donate_params_and_state(update_range):
   for _ in range(2):
     params, state = step(params, state)
   assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(params))
+
+
+def test_non_finite_average_falls_back_to_the_point_gradient():
+  loss = lambda w: jnp.sum(jnp.exp(60.0 * w))  # overflows float32 for w > ~1.5
+  w = jnp.array([0.0, 0.0])
+  g = jax.grad(loss)(w)
+  tx = avggrad.average_gradient(optax.scale(2.0))  # predicted range: 2 g = [120, 120]
+  updates, _ = tx.update(g, tx.init(w), w, value_fn=loss)
+  np.testing.assert_allclose(updates, 2.0 * g)
+  tx = avggrad.scale_by_average_gradient()
+  state = avggrad.ScaleByAverageGradientState(prev_params=jnp.array([-3.0, 0.0]))
+  updates, _ = tx.update(g, state, w, value_fn=loss)  # previous update [3, 0]: w + 3 overflows
+  assert bool(jnp.all(jnp.isfinite(updates)))
+  np.testing.assert_allclose(updates[0], g[0])
+  np.testing.assert_allclose(updates[1], g[1])  # a zero step: the average is the gradient

@@ -24,7 +24,10 @@ that act elementwise on one input (``relu``, ``softplus``, ``elu``...) are avera
 elementwise function with their own derivative; other ``custom_jvp``/``custom_vjp`` calls and
 control flow (``scan``, ``cond``) use the Jacobian at the midpoint of their inputs.
 ``stop_gradient`` values are held at their value at ``params`` along the whole step, which is
-exact for the max-shift of ``logsumexp``/``softmax`` and keeps every later secant consistent.
+exact for the max-shift of ``logsumexp``/``softmax`` and keeps every later secant consistent;
+an element that moves by more than :data:`HOLD_LIMIT` over the step takes its own value at the
+far end instead (holding a ``logsumexp`` shift that far would overflow ``exp``), with a zero
+tangent either way.
 
 Cost: two forward passes and one backward pass, about one forward pass more than
 ``jax.value_and_grad``; memory: the intermediates of both ends.
@@ -40,6 +43,10 @@ from jax.extend import core as jcore
 
 from avggrad.estimators import rules
 from avggrad.estimators.rules import Node, Slot
+
+# A stop_gradient value that moves by more than this over the step is not held at its value at
+# params (holding the max-shift of logsumexp that far would overflow exp at the far end).
+HOLD_LIMIT = 20.0
 
 # Call-like primitives whose body is interpreted in place.
 _INLINE_CALLS = {
@@ -139,9 +146,15 @@ class _Interpreter:
   def process(self, eqn: Any, ins: list[Slot]) -> list[Slot]:
     """Evaluates one equation at both ends and records how to average its Jacobian."""
     name = eqn.primitive.name
-    if not any(s.varying for s in ins) or name == "stop_gradient":
-      # Constant along the step (or held so by stop_gradient): evaluate once, at params.
+    if not any(s.varying for s in ins):
+      # Constant along the step: evaluate once.
       return [Slot(o, o, False) for o in rules.bind(eqn, [s.v0 for s in ins])]
+    if name == "stop_gradient":
+      (x,) = ins
+      if not x.differentiable:
+        return [Slot(x.v0, x.v1, True)]  # an integer value: it has no tangent anyway
+      held = jnp.where(jnp.abs(x.v1 - x.v0) <= HOLD_LIMIT, x.v0, x.v1)
+      return [Slot(x.v0, held, True, no_tangent=True)]
     if name in _INLINE_CALLS:
       rule = self._call_rule(eqn, ins)
       if rule is None:

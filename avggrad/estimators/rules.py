@@ -51,24 +51,26 @@ class Slot:
   Attributes:
     v0: the value at ``params``.
     v1: the value at ``params + delta`` (the same object as ``v0`` when not ``varying``).
-    varying: whether the value depends on the parameters.
+    varying: whether the value may differ between the two ends.
     ct: the cotangent accumulated in the backward pass (``None`` until one arrives).
+    no_tangent: the value moves but carries no tangent (a ``stop_gradient`` output).
   """
 
   v0: Any
   v1: Any
   varying: bool
   ct: Any = None
+  no_tangent: bool = False
 
   @property
   def differentiable(self) -> bool:
     """Whether the value varies with the parameters and can carry a cotangent."""
-    return self.varying and is_float(self.v0)
+    return self.varying and not self.no_tangent and is_float(self.v0)
 
   @property
   def midpoint(self) -> Any:
     """The midpoint of the two ends for floating values, the first end otherwise."""
-    if not self.differentiable:
+    if not (self.varying and is_float(self.v0)):
       return self.v0
     return self.v0 + 0.5 * (self.v1 - self.v0)
 
@@ -236,7 +238,7 @@ def _max_min(is_max: bool) -> Rule:
 
   def rule(node: Node, cotangents: list[Any]) -> list[Optional[Array]]:
     x, y = node.ins
-    if not (x.differentiable and y.differentiable):
+    if not (x.varying and y.varying):
       index = 0 if x.differentiable else 1
       return _apply_secant(
           node, cotangents, secants.piecewise_linear, index, with_derivative=True
@@ -250,7 +252,8 @@ def _max_min(is_max: bool) -> Rule:
     weight_x = s if is_max else 1.0 - s
     ct_x = (ct * weight_x).astype(dtype)
     ct_y = (ct * (1.0 - weight_x)).astype(dtype)
-    return [_sum_to_shape(ct_x, jnp.shape(x.v0)), _sum_to_shape(ct_y, jnp.shape(y.v0))]
+    return [_sum_to_shape(ct_x, jnp.shape(x.v0)) if x.differentiable else None,
+            _sum_to_shape(ct_y, jnp.shape(y.v0)) if y.differentiable else None]
 
   rule.__name__ = "max" if is_max else "min"
   return rule
@@ -426,7 +429,8 @@ def lookup(node: Node) -> Rule:
     return linear
   varying = [s for s in node.ins if s.varying]
   if name in MULTILINEAR:
-    return linear if len(varying) <= 1 else midpoint
+    # several moving factors (a stop_gradient value moves too): the midpoint is exact
+    return linear if len([s for s in varying if is_float(s.v0)]) <= 1 else midpoint
   if (
       name in ELEMENTWISE
       and len(varying) == 1

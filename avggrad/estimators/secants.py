@@ -117,16 +117,20 @@ def exp2(a: Array, b: Array, fa: Array, fb: Array) -> Array:
 
 
 def log(a: Array, b: Array, fa: Array, fb: Array) -> Array:
-  """Secant of ``log``: :math:`\\log(1 + u)/u \\cdot 1/a` with :math:`u = (b - a)/a`."""
-  del fa, fb
-  return log1pc((b - a) / a) / a
+  """Secant of ``log``: :math:`\\log(1 + u)/u \\cdot 1/a` with :math:`u = (b - a)/a`.
+
+  For :math:`|u| \\ge 1/2` the difference quotient has no cancellation (and ``u`` computed
+  as :math:`(b - a)/a` would lose ``b`` when :math:`b \\ll a`), so it is used there.
+  """
+  d = b - a
+  u = d / a
+  near = jnp.abs(u) < 0.5
+  return jnp.where(near, log1pc(jnp.where(near, u, 0.0)) / a, (fb - fa) / _safe(d))
 
 
 def log1p(a: Array, b: Array, fa: Array, fb: Array) -> Array:
   """Secant of ``log1p``: the secant of ``log`` at :math:`1 + a, 1 + b`."""
-  del fa, fb
-  one_plus_a = 1.0 + a
-  return log1pc((b - a) / one_plus_a) / one_plus_a
+  return log(1.0 + a, 1.0 + b, fa, fb)
 
 
 def sin(a: Array, b: Array, fa: Array, fb: Array) -> Array:
