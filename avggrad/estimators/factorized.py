@@ -25,8 +25,8 @@ elementwise function with their own derivative; other ``custom_jvp``/``custom_vj
 control flow (``scan``, ``cond``) use the Jacobian at the midpoint of their inputs.
 ``stop_gradient`` values are held at their value at ``params`` along the whole step, which is
 exact for the max-shift of ``logsumexp``/``softmax`` and keeps every later secant consistent;
-an element that moves by more than :data:`HOLD_LIMIT` over the step takes its own value at the
-far end instead (holding a ``logsumexp`` shift that far would overflow ``exp``), with a zero
+an element that moves by more than :func:`hold_limit` over the step takes its own value at the
+far end instead (holding a ``logsumexp`` shift that far could overflow ``exp``), with a zero
 tangent either way.
 
 Cost: two forward passes and one backward pass, about one forward pass more than
@@ -35,6 +35,7 @@ Cost: two forward passes and one backward pass, about one forward pass more than
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Optional, Sequence
 
 import jax
@@ -44,9 +45,11 @@ from jax.extend import core as jcore
 from avggrad.estimators import rules
 from avggrad.estimators.rules import Node, Slot
 
-# A stop_gradient value that moves by more than this over the step is not held at its value at
-# params (holding the max-shift of logsumexp that far would overflow exp at the far end).
-HOLD_LIMIT = 20.0
+def hold_limit(dtype: Any) -> float:
+  """How far a ``stop_gradient`` value may move over the step and still be held at its value
+  at ``params``: half the log of the dtype's largest number (44 in float32 and bfloat16, 5.5 in
+  float16), so that ``exp`` of a held ``logsumexp`` shift cannot overflow at the far end."""
+  return 0.5 * math.log(float(jnp.finfo(dtype).max))
 
 # Call-like primitives whose body is interpreted in place.
 _INLINE_CALLS = {
@@ -153,7 +156,8 @@ class _Interpreter:
       (x,) = ins
       if not x.differentiable:
         return [Slot(x.v0, x.v1, True)]  # an integer value: it has no tangent anyway
-      held = jnp.where(jnp.abs(x.v1 - x.v0) <= HOLD_LIMIT, x.v0, x.v1)
+      limit = hold_limit(jnp.result_type(x.v0))
+      held = jnp.where(jnp.abs(x.v1 - x.v0) <= limit, x.v0, x.v1)
       return [Slot(x.v0, held, True, no_tangent=True)]
     if name in _INLINE_CALLS:
       rule = self._call_rule(eqn, ins)
