@@ -92,6 +92,37 @@ def summarize_task(grid: dict[str, Any], task: dict[str, Any],
   return out
 
 
+SUMMARIES = [
+    ("ratio_rmsprop", "median iterations to target, relative to same-core RMSProp"),
+    ("ratio_adam", "median iterations to target, relative to Adam (same core)"),
+    ("wall_ratio_rmsprop", "wall-clock to target, relative to same-core RMSProp"),
+    ("wall_ratio_adam", "wall-clock to target, relative to Adam (same core)"),
+]
+
+
+def ratio_table(names: list[str], summaries: list[dict], labels: list[str],
+                key: str) -> list[str]:
+  """Markdown rows: one task per row, one optimizer per column, the ratio ``key``."""
+  rows = ["| task | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+  for name, s in zip(names, summaries):
+    cells = [fmt_ratio(s["optimizers"][lab][key]) if lab in s["optimizers"] else ""
+             for lab in labels]
+    rows.append(f"| {name} | " + " | ".join(cells) + " |")
+  return rows
+
+
+def add_wall_clock(task: str, summary: dict, overheads: Optional[dict]) -> None:
+  """Adds ``step_seconds``, ``wall_seconds`` and wall-clock ratios to each optimizer."""
+  for label, s in summary["optimizers"].items():
+    s["step_seconds"] = _step_seconds(task, label, s, overheads)
+    s["wall_seconds"] = s["median_iterations"] * s["step_seconds"]
+  base_rms = summary["optimizers"].get(RMSPROP, {}).get("wall_seconds", math.nan)
+  base_adam = summary["optimizers"].get(ADAM, {}).get("wall_seconds", math.nan)
+  for s in summary["optimizers"].values():
+    s["wall_ratio_rmsprop"] = _ratio(s["wall_seconds"], base_rms)
+    s["wall_ratio_adam"] = _ratio(s["wall_seconds"], base_adam)
+
+
 def _step_seconds(task: str, label: str, summary: dict, overheads: Optional[dict]) -> float:
   """Seconds per step for wall-clock figures: the interleaved overhead measurement when one
   exists for this task (baseline step time times ratio), else the runs' own median."""
@@ -191,21 +222,16 @@ def build_report(grid_path: str, results_dir: Optional[str] = None,
   if not summaries:
     lines.append("No complete results yet.")
   labels = [lab for lab in grid["optimizers"] if any(lab in s["optimizers"] for s in summaries)]
+  for name, summary in zip(names, summaries):
+    add_wall_clock(name, summary, overheads)
   if summaries:
-    lines += ["## Summary: median iterations to target, relative to same-core RMSProp", ""]
-    lines.append("| task | " + " | ".join(labels) + " |")
-    lines.append("|---|" + "---|" * len(labels))
-    for name, s in zip(names, summaries):
-      cells = [fmt_ratio(s["optimizers"][lab]["ratio_rmsprop"]) if lab in s["optimizers"]
-               else "" for lab in labels]
-      lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "## Summary: relative to Adam (same core)", ""]
-    lines.append("| task | " + " | ".join(labels) + " |")
-    lines.append("|---|" + "---|" * len(labels))
-    for name, s in zip(names, summaries):
-      cells = [fmt_ratio(s["optimizers"][lab]["ratio_adam"]) if lab in s["optimizers"]
-               else "" for lab in labels]
-      lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for key, title in SUMMARIES:
+      lines += [f"## Summary: {title}", ""]
+      lines += ratio_table(names, summaries, labels, key)
+      lines.append("")
+    timing = ("the per-step times of `benchmarks/overheads.py` (" + overheads["device"] + ")"
+              if overheads else "the runs' own per-step times")
+    lines += [f"Wall-clock to target = median iterations x time per step, from {timing}.", ""]
     plot_ratios(names, summaries, labels, os.path.join(folder, "ratios.png"))
     lines += ["", "![ratios](ratios.png)", ""]
   for name, summary in zip(names, summaries):
@@ -228,8 +254,7 @@ def build_report(grid_path: str, results_dir: Optional[str] = None,
       spread = (f" [{min(finite)}, {max(finite)}]" if finite else "")
       if len(finite) < len(s["iterations"]) and finite:
         spread = f" [{min(finite)}, n.r.]"
-      sec = _step_seconds(name, label, s, overheads)
-      wall = s["median_iterations"] * sec
+      sec, wall = s["step_seconds"], s["wall_seconds"]
       lines.append(
           f"| {label} | {s['best_lr']:g}{'*' if s['edge'] else ''} | "
           f"{fmt_iters(s['median_iterations'])}{spread} | {s['reached']}/{len(s['iterations'])}"
