@@ -43,8 +43,19 @@ _OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
 }
 OPTIMIZERS: tuple[str, ...] = tuple(_OPTIMIZERS)
 
+
+def register_optimizer(name: str, factory: Callable[..., optax.GradientTransformation]) -> None:
+  """Makes ``factory(learning_rate, **options)`` available to specs as ``name`` (for
+  experiments; the built-in names cannot be replaced)."""
+  global OPTIMIZERS
+  if name in ("rmsprop", "avg-rmsprop", "adam", "avg-adam", "optax-rmsprop", "optax-adam",
+              "sgd"):
+    raise ValueError(f"{name!r} is a built-in optimizer.")
+  _OPTIMIZERS[name] = factory
+  OPTIMIZERS = tuple(_OPTIMIZERS)
+
 _FLOAT_OPTIONS = {"span", "decay", "eps", "eps_root", "b1", "b2", "momentum", "initial_scale"}
-_INT_OPTIONS = {"num_points"}
+_INT_OPTIONS = {"num_points", "probes"}
 _STR_OPTIONS = {"estimator", "update_range", "accumulate", "combine"}
 
 

@@ -47,6 +47,7 @@ from typing import Any, Iterable, Optional
 import numpy as np
 
 from avggrad import data, metrics, training
+from benchmarks import experimental  # noqa: F401  (registers the research optimizers)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 QUICK_GRID = os.path.join(HERE, "grids", "quick.json")

@@ -1,0 +1,73 @@
+"""Experimental optimizers for research probes (not part of the library).
+
+Importing this module registers them with ``avggrad.training`` so that grid files can name
+them:
+
+* ``pc-adam`` / ``pc-rmsprop``: the *per-coordinate* reading of the average gradient (design
+  brief section 3). Each weight's gradient is averaged over its own range with the others
+  held, which to second order is :math:`\\bar g_i = g_i + \\tfrac12 H_{ii} \\hat\\Delta_i`. The
+  Hessian diagonal comes from Hutchinson's estimator, :math:`\\mathrm{diag}(H) \\approx
+  \\mathbb{E}[z \\odot Hz]` with Rademacher :math:`z` (``probes`` of them per step, one
+  Hessian-vector product each, by forward-over-reverse). Options: ``span``, ``combine``,
+  ``probes``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import avggrad
+from avggrad import training
+from avggrad.transforms import COMBINES
+
+
+class PerCoordinateState(NamedTuple):
+  inner_state: optax.OptState
+  key: jax.Array
+
+
+def per_coordinate_average(inner: optax.GradientTransformation, *, span: float = 1.0,
+                           combine: str = "replace", probes: int = 1,
+                           seed: int = 0) -> optax.GradientTransformationExtraArgs:
+  inner = optax.with_extra_args_support(inner)
+  combine_fn = COMBINES[combine]
+
+  def init_fn(params: Any) -> PerCoordinateState:
+    return PerCoordinateState(inner.init(params), jax.random.key(seed))
+
+  def update_fn(updates: Any, state: PerCoordinateState, params: Any = None, *,
+                value_fn: Optional[Callable[..., Any]] = None, **extra: Any):
+    predicted, _ = inner.update(updates, state.inner_state, params, **extra)
+    key, sub = jax.random.split(state.key)
+    leaves, treedef = jax.tree.flatten(params)
+    diag = jax.tree.map(jnp.zeros_like, params)
+    grad_fn = jax.grad(value_fn)
+    for k in jax.random.split(sub, probes):
+      keys = jax.random.split(k, len(leaves))
+      z = jax.tree.unflatten(treedef, [
+          jax.random.rademacher(kk, leaf.shape, leaf.dtype) for kk, leaf in zip(keys, leaves)])
+      hz = jax.jvp(grad_fn, (params,), (z,))[1]
+      diag = jax.tree.map(lambda d, a, b: d + a * b / probes, diag, z, hz)
+    average = jax.tree.map(lambda g, h, u: g + 0.5 * h * span * u, updates, diag, predicted)
+    combined = combine_fn(updates, average)
+    new_updates, inner_state = inner.update(combined, state.inner_state, params, **extra)
+    return new_updates, PerCoordinateState(inner_state, key)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _pc_adam(learning_rate, **options) -> optax.GradientTransformationExtraArgs:
+  return per_coordinate_average(avggrad.adam_baseline(learning_rate), **options)
+
+
+def _pc_rmsprop(learning_rate, **options) -> optax.GradientTransformationExtraArgs:
+  return per_coordinate_average(avggrad.rmsprop_baseline(learning_rate), **options)
+
+
+for _name, _factory in [("pc-adam", _pc_adam), ("pc-rmsprop", _pc_rmsprop)]:
+  if _name not in training.OPTIMIZERS:
+    training.register_optimizer(_name, _factory)
