@@ -138,16 +138,20 @@ def test_accelerate_in_the_transform_never_shortens_a_coordinate():
   assert helpers.rel_error(combined, g) > 1e-3
 
 
-def test_rmsprop_baseline_is_rmsprop_with_eps_outside_the_root():
+def _assert_same_trajectory(ours, theirs, steps=3):
+  """Both optimizers make the same updates, step after step, from the same start."""
   params, loss = _problem()
-  ours = avggrad.rmsprop_baseline(0.01, decay=0.9, eps=1e-7)
-  theirs = optax.rmsprop(0.01, decay=0.9, eps=1e-7, eps_in_sqrt=False)
   s1, s2 = ours.init(params), theirs.init(params)
   p1, p2 = params, params
-  for _ in range(3):
+  for _ in range(steps):
     p1, u1, s1 = _step(ours, p1, s1, loss)
     p2, u2, s2 = _step(theirs, p2, s2, loss)
     _tree_close(u1, u2, rtol=1e-6)
+
+
+def test_rmsprop_baseline_is_rmsprop_with_eps_outside_the_root():
+  _assert_same_trajectory(avggrad.rmsprop_baseline(0.01, decay=0.9, eps=1e-7),
+                          optax.rmsprop(0.01, decay=0.9, eps=1e-7, eps_in_sqrt=False))
 
 
 def test_eps_placement_matters_for_tiny_gradients():
@@ -163,14 +167,7 @@ def test_eps_placement_matters_for_tiny_gradients():
 
 
 def test_adam_baseline_matches_optax_adam():
-  params, loss = _problem()
-  ours, theirs = avggrad.adam_baseline(0.01), optax.adam(0.01)
-  s1, s2 = ours.init(params), theirs.init(params)
-  p1, p2 = params, params
-  for _ in range(3):
-    p1, u1, s1 = _step(ours, p1, s1, loss)
-    p2, u2, s2 = _step(theirs, p2, s2, loss)
-    _tree_close(u1, u2, rtol=1e-6)
+  _assert_same_trajectory(avggrad.adam_baseline(0.01), optax.adam(0.01))
 
 
 @pytest.mark.parametrize(
