@@ -2,7 +2,7 @@
 
 A grid file (JSON, see ``benchmarks/grids/``) lists tasks (dataset, model, depth,
 activation, initialisation, budget), optimizers (label -> spec, see
-``avggrad.training.parse_optimizer``), the shared learning-rate ladder and the seeds::
+``avggrad.training.parse_optimizer``), the shared learning-rate ladder (a task may give its own ``lrs``) and the seeds::
 
   {"name": "...", "defaults": {...TrainConfig fields...}, "lrs": [...], "seeds": [0, 1, 2],
    "baselines": ["rmsprop", "adam", ...], "target_fraction": 0.8,
@@ -204,7 +204,7 @@ class Runner:
     return min(scores, key=lambda lr: (scores[lr], lr))
 
   def run_optimizer(self, task: dict[str, Any], label: str) -> None:
-    lrs = [float(lr) for lr in self.grid["lrs"]]
+    lrs = [float(lr) for lr in task.get("lrs", self.grid["lrs"])]
     for lr in lrs:
       for seed in self.grid["seeds"]:
         self.run(task, label, lr, seed)
