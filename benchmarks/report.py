@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from avggrad import metrics
+from avggrad import data, metrics
 from benchmarks import run as run_lib
 
 RMSPROP, ADAM = "rmsprop", "adam"
@@ -40,8 +40,8 @@ def fmt_ratio(value: float) -> str:
 
 
 def _ratio(a: float, b: float) -> float:
-  if math.isnan(a) or math.isnan(b) or math.isinf(b):
-    return math.nan
+  if math.isnan(a) or math.isnan(b) or math.isinf(b) or b == 0:
+    return math.nan  # no finite, positive baseline figure to compare with
   return math.inf if math.isinf(a) else a / b
 
 
@@ -89,7 +89,19 @@ def summarize_task(grid: dict[str, Any], task: dict[str, Any],
   for s in out["optimizers"].values():
     s["ratio_rmsprop"] = _ratio(s["median_iterations"], base_rms)
     s["ratio_adam"] = _ratio(s["median_iterations"], base_adam)
+  # A target the baselines set without beating the uniform predictor (a plateau they never
+  # leave) makes "iterations to target" measure noise around that loss, not progress.
+  out["chance_loss"] = chance = math.log(data.NUM_CLASSES[run_lib.task_config(grid, task).dataset])
+  out["degenerate"] = bool(target) and target > DEGENERATE * chance
+  for s in out["optimizers"].values():
+    s["left_plateau"] = sum(final < LEFT_PLATEAU * chance for final in s["final_losses"])
   return out
+
+
+# A target above this fraction of the uniform predictor's loss, log(classes), is degenerate.
+DEGENERATE = 0.98
+# A run left that plateau when its final loss is below this fraction of log(classes).
+LEFT_PLATEAU = 0.9
 
 
 SUMMARIES = [
@@ -107,7 +119,8 @@ def ratio_table(names: list[str], summaries: list[dict], labels: list[str],
   for name, s in zip(names, summaries):
     cells = [fmt_ratio(s["optimizers"][lab][key]) if lab in s["optimizers"] else ""
              for lab in labels]
-    rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    mark = " †" if s.get("degenerate") else ""
+    rows.append(f"| {name}{mark} | " + " | ".join(cells) + " |")
   return rows
 
 
@@ -229,6 +242,11 @@ def build_report(grid_path: str, results_dir: Optional[str] = None,
       lines += [f"## Summary: {title}", ""]
       lines += ratio_table(names, summaries, labels, key)
       lines.append("")
+    if any(s["degenerate"] for s in summaries):
+      lines += ["† Degenerate target: the best baseline never beat the uniform predictor "
+                f"(target > {DEGENERATE:.0%} of log(classes)), so iterations to target "
+                "measure noise around a plateau, not progress. Compare the final losses and "
+                "the number of seeds that left the plateau in the task's section instead.", ""]
     timing = ("the per-step times of `benchmarks/overheads.py` (" + overheads["device"] + ")"
               if overheads else "the runs' own per-step times")
     lines += [f"Wall-clock to target = median iterations x time per step, from {timing}.", ""]
@@ -244,6 +262,14 @@ def build_report(grid_path: str, results_dir: Optional[str] = None,
         + f", {config.activation}, {config.init}, batch {config.batch_size}, "
         f"{config.steps} steps. Target {summary['target']} "
         f"({task.get('target_source', 'given')}).")
+    if summary["degenerate"]:
+      lines += ["", f"**Degenerate target**: {summary['target']} is within "
+                f"{1 - DEGENERATE:.0%} of the uniform predictor's loss "
+                f"{summary['chance_loss']:.4f}; the baselines stayed on that plateau. Seeds "
+                f"whose final loss fell below {LEFT_PLATEAU:g} x that loss (left the plateau), at "
+                "each optimizer's best learning rate: "
+                + "; ".join(f"{label} {s['left_plateau']}/{len(s['runs'])}"
+                            for label, s in summary["optimizers"].items()) + "."]
     lines += ["",
               "| optimizer | best lr | iterations to target (median [min, max]) | reached | "
               "vs RMSProp | vs Adam | final loss (median [min, max]) | test acc. | ms/step | "

@@ -20,6 +20,8 @@ from avggrad.data import idx, imdb
 from avggrad.data.errors import DataError
 
 DATASETS: tuple[str, ...] = ("mnist", "fashion_mnist", "imdb_reviews", "fashion_mnist_small")
+NUM_CLASSES: dict[str, int] = {"mnist": 10, "fashion_mnist": 10, "imdb_reviews": 2,
+                               "fashion_mnist_small": 10}
 SPLITS: tuple[str, ...] = ("train", "test")
 EMBEDDED = "fashion_mnist_small"
 
@@ -192,8 +194,8 @@ def load(
   labels = np.asarray(labels, np.int32)
   if limit is not None:
     x, labels = x[:limit], labels[:limit]
-  num_classes = 2 if name == "imdb_reviews" else 10
-  return Dataset(name=name, split=split, x=x, y=labels, num_classes=num_classes, vocab=vocab)
+  return Dataset(name=name, split=split, x=x, y=labels, num_classes=NUM_CLASSES[name],
+                 vocab=vocab)
 
 
 __all__ = ["DATASETS", "DataError", "Dataset", "SPLITS", "load"]

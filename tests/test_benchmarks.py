@@ -1,0 +1,136 @@
+"""The benchmark protocol: learning-rate ladder, target setting, resume and the report's figures.
+
+Training is replaced by synthetic loss curves whose shape is known in closed form, so every
+figure the runner and the report produce can be checked against an independent computation.
+"""
+
+import json
+import math
+import types
+
+import numpy as np
+import pytest
+
+from avggrad import metrics
+from benchmarks import report
+from benchmarks import run as run_lib
+
+STEPS = 200
+# Each optimizer's synthetic "best" learning rate (its loss decays fastest there) and speed.
+BEST = {"rmsprop": 1e-3, "adam": 1e-2, "avg-rmsprop": 3e-5}
+SPEED = {"rmsprop": 1.0, "adam": 1.2, "avg-rmsprop": 1.1}
+
+
+def synthetic_losses(label: str, lr: float, seed: int) -> list[float]:
+  """Exponential decay whose rate peaks at the optimizer's best lr (log-distance)."""
+  rate = 0.03 * SPEED[label] / (1.0 + abs(math.log10(lr / BEST[label])))
+  t = np.arange(STEPS)
+  return list(0.1 + 2.0 * np.exp(-rate * t) + 1e-3 * seed)
+
+
+def make_grid(tmp_path, target=None, dataset="fashion_mnist_small"):
+  grid = {
+      "name": "t", "lrs": [1e-4, 3e-4, 1e-3, 3e-3], "seeds": [0, 1, 2], "max_extensions": 2,
+      "target_fraction": 0.8, "baselines": ["rmsprop", "adam"],
+      "defaults": {"steps": STEPS, "dataset": dataset, "depth": 2, "width": 8},
+      "optimizers": {k: k for k in BEST},
+      "tasks": [{"name": "task", "target": target}],
+  }
+  path = tmp_path / "grid.json"
+  path.write_text(json.dumps(grid))
+  return str(path)
+
+
+@pytest.fixture
+def fake_training(monkeypatch):
+  calls = []
+
+  def train(config, **kwargs):
+    label = {v: k for k, v in BEST.items()}.get(config.optimizer, config.optimizer)
+    calls.append((label, config.lr, config.seed))
+    return types.SimpleNamespace(
+        status="ok", losses=synthetic_losses(label, config.lr, config.seed), evals=[],
+        test_loss=0.0, test_accuracy=0.5, seconds_per_step=1e-3, compile_seconds=0.0)
+
+  monkeypatch.setattr(run_lib.training, "train", train)
+  monkeypatch.setattr(run_lib.Runner, "datasets", lambda self, config: (None, None))
+  return calls
+
+
+def test_runner_ladder_target_and_resume(tmp_path, fake_training):
+  grid_path = make_grid(tmp_path)
+  out = str(tmp_path / "results" / "runs.jsonl")
+  run_lib.main([grid_path, "--results-dir", str(tmp_path / "results")])
+  ran = {(label, lr) for label, lr, _ in fake_training}
+  # Adam's best (1e-2) lies above the ladder: it gets 1e-2, then 3e-2 (1e-2 was an edge); 3e-2
+  # is worse, so the extension stops there.
+  assert ("adam", 1e-2) in ran and ("adam", 3e-2) in ran and ("adam", 0.1) not in ran
+  # AvgGrad's best (3e-5) lies below it: 3e-5, then 9e-6 (3e-5 was an edge), then it stops.
+  assert ("avg-rmsprop", 3e-5) in ran and ("avg-rmsprop", 9e-6) in ran
+  assert not any(label == "avg-rmsprop" and lr < 9e-6 for label, lr in ran)
+  # RMSProp's best sits inside the ladder: nothing beyond it.
+  assert {lr for label, lr in ran if label == "rmsprop"} == {1e-4, 3e-4, 1e-3, 3e-3}
+  # Target: the best baseline (lowest median final loss: Adam at 1e-2 decays fastest) at 80%
+  # of the budget, smoothed, median over seeds; written into the grid file.
+  grid = json.loads(open(grid_path).read())
+  window = metrics.default_window(STEPS)
+  expected = np.median([metrics.smooth(synthetic_losses("adam", 1e-2, s), window)[159]
+                        for s in (0, 1, 2)])
+  assert grid["tasks"][0]["target"] == pytest.approx(expected, rel=1e-4)
+  assert grid["tasks"][0]["target_source"].startswith("adam (lr 0.01)")
+  assert len(run_lib.read_results(out)) == len(fake_training)
+  # Resume: a second invocation trains nothing.
+  before = len(fake_training)
+  run_lib.main([grid_path, "--results-dir", str(tmp_path / "results")])
+  assert len(fake_training) == before
+
+
+def test_report_figures(tmp_path, fake_training):
+  grid_path = make_grid(tmp_path)
+  run_lib.main([grid_path, "--results-dir", str(tmp_path / "results")])
+  grid = run_lib.load_grid(grid_path)
+  records = run_lib.read_results(str(tmp_path / "results" / "runs.jsonl"))
+  summary = report.summarize_task(grid, grid["tasks"][0], records)
+  window = metrics.default_window(STEPS)
+  target = grid["tasks"][0]["target"]
+
+  def iters(label, lr):
+    # Records store losses to 5 significant digits.
+    found = [metrics.iterations_to_target([float(f"{v:.5g}") for v in
+                                           synthetic_losses(label, lr, s)], target, window)
+             for s in (0, 1, 2)]
+    assert None not in found
+    return float(np.median(found))
+
+  s = summary["optimizers"]
+  assert s["adam"]["best_lr"] == 1e-2 and s["rmsprop"]["best_lr"] == 1e-3
+  assert s["avg-rmsprop"]["best_lr"] == 3e-5
+  assert s["rmsprop"]["ratio_adam"] == pytest.approx(iters("rmsprop", 1e-3) / iters("adam", 1e-2))
+  assert s["avg-rmsprop"]["ratio_rmsprop"] == pytest.approx(
+      iters("avg-rmsprop", 3e-5) / iters("rmsprop", 1e-3))
+  assert 0.8 < s["avg-rmsprop"]["ratio_rmsprop"] < 1.0
+  assert not summary["degenerate"]
+  text = open(report.build_report(grid_path, str(tmp_path / "results"))).read()
+  assert "| rmsprop | 0.001 |" in text and "†" not in text
+
+
+def test_report_flags_a_target_at_the_uniform_predictors_loss(tmp_path, fake_training):
+  # A target within 2% of log(10) (the baselines never left the plateau) is flagged.
+  grid_path = make_grid(tmp_path, target=0.99 * math.log(10))
+  run_lib.main([grid_path, "--results-dir", str(tmp_path / "results")])
+  grid = run_lib.load_grid(grid_path)
+  records = run_lib.read_results(str(tmp_path / "results" / "runs.jsonl"))
+  summary = report.summarize_task(grid, grid["tasks"][0], records)
+  assert summary["degenerate"]
+  # Every synthetic run ends at ~0.1 < 0.9 log(10): all seeds left the plateau.
+  assert all(o["left_plateau"] == 3 for o in summary["optimizers"].values())
+  text = open(report.build_report(grid_path, str(tmp_path / "results"))).read()
+  assert "Degenerate target" in text and "task †" in text
+
+
+def test_grid_errors_name_the_problem(tmp_path):
+  path = tmp_path / "g.json"
+  path.write_text(json.dumps({"name": "x", "lrs": [1e-3], "seeds": [0], "optimizers": {},
+                              "tasks": [], "baselines": ["rmsprop"]}))
+  with pytest.raises(ValueError, match="baselines .*rmsprop"):
+    run_lib.load_grid(str(path))
