@@ -42,8 +42,14 @@ def optimizers() -> dict[str, optax.GradientTransformation]:
       "avg_adam predicted accelerate span=8": avggrad.adam(
           lr, combine="accelerate", span=8.0
       ),
+      "avg_adam predicted accelerate span=8 trapezoid": avggrad.adam(
+          lr, combine="accelerate", span=8.0, estimator="trapezoid"
+      ),
       "avg_adam previous accelerate span=8": avggrad.adam(
           lr, combine="accelerate", span=8.0, update_range="previous"
+      ),
+      "avg_rmsprop predicted accelerate span=8": avggrad.rmsprop(
+          lr, combine="accelerate", span=8.0
       ),
       "optax.rmsprop": optax.rmsprop(lr),
       "optax.adam": optax.adam(lr),
@@ -103,10 +109,12 @@ def main(argv: Any = None) -> dict[str, Any]:
   base_t, base_m = est_times[0], est_mem[0]
   for (name, _), t, m in zip(estimators.items(), est_times, est_mem):
     print(f"{name:<40} {1e3 * t:8.2f} {t / base_t:7.2f} {m / 2**20:8.2f} {m / base_m:7.2f}")
-  print(f"\n{'train step':<40} {'ms':>8} {'x rms':>7} {'MiB':>8} {'x rms':>7}")
+  print(f"\n{'train step':<48} {'ms':>8} {'x rms':>7} {'x adam':>7} {'MiB':>8} {'x rms':>7}")
   base_t, base_m = step_times[0], step_mem[0]
+  adam_t = step_times[list(steps).index("adam_baseline")]
   for (name, _), t, m in zip(steps.items(), step_times, step_mem):
-    print(f"{name:<40} {1e3 * t:8.2f} {t / base_t:7.2f} {m / 2**20:8.2f} {m / base_m:7.2f}")
+    print(f"{name:<48} {1e3 * t:8.2f} {t / base_t:7.2f} {t / adam_t:7.2f} {m / 2**20:8.2f} "
+          f"{m / base_m:7.2f}")
   result = {
       "config": vars(args) | {"device": str(device), "platform": device.platform},
       "estimators": {n: {"seconds": t, "bytes": m}
