@@ -73,7 +73,7 @@ def test_average_gradient_predicted_range_matches_manual_computation(estimator):
 
 def test_previous_range_in_the_alias_matches_the_chain():
   params, loss = _problem()
-  tx = avggrad.rmsprop(0.01, update_range="previous")
+  tx = avggrad.rmsprop(0.01, update_range="previous", combine="replace", span=1.0)
   chain = optax.chain(avggrad.scale_by_average_gradient(), avggrad.rmsprop_baseline(0.01))
   s1, s2 = tx.init(params), chain.init(params)
   p1, p2 = params, params
@@ -87,7 +87,8 @@ def test_accumulate_point_feeds_the_point_gradient_to_the_second_moment():
   params, loss = _problem()
   decay = 0.8
   for accumulate in avggrad.ACCUMULATORS:
-    tx = avggrad.rmsprop(0.05, decay=decay, accumulate=accumulate, estimator="trapezoid")
+    tx = avggrad.rmsprop(0.05, decay=decay, accumulate=accumulate, estimator="trapezoid",
+                         combine="replace", span=1.0)
     state = tx.init(params)
     _, updates, state = _step(tx, params, state, loss)
     g = jax.grad(loss)(params)
@@ -104,7 +105,8 @@ def test_accumulate_point_feeds_the_point_gradient_to_the_second_moment():
 
 def test_adam_accumulate_point_keeps_the_first_moment_on_the_average():
   params, loss = _problem()
-  tx = avggrad.adam(0.01, accumulate="point", estimator="trapezoid")
+  tx = avggrad.adam(0.01, accumulate="point", estimator="trapezoid", combine="replace",
+                    span=1.0)
   state = tx.init(params)
   _, _, state = _step(tx, params, state, loss)
   _, _, state = _step(tx, params, state, loss)  # the same params: the same g twice
@@ -166,6 +168,29 @@ def test_eps_placement_matters_for_tiny_gradients():
   assert float(jnp.abs(u_out[0])) > 50 * float(jnp.abs(u_in[0]))
 
 
+@pytest.mark.parametrize(
+    "alias, baseline, options",
+    [
+        (avggrad.rmsprop, avggrad.rmsprop_baseline,
+         dict(estimator="factorized", update_range="predicted", span=8.0, accumulate="average",
+              combine="accelerate")),
+        (avggrad.adam, avggrad.adam_baseline,
+         dict(estimator="trapezoid", update_range="predicted", span=8.0, accumulate="average",
+              combine="accelerate")),
+    ],
+)
+def test_alias_defaults_are_the_documented_ones(alias, baseline, options):
+  """The defaults the benchmarks chose (see the aliases' docstrings) are what the aliases do."""
+  params, loss = _problem()
+  explicit = avggrad.average_gradient(baseline(0.01), **options)
+  s1, s2 = alias(0.01).init(params), explicit.init(params)
+  p1, p2 = params, params
+  for _ in range(3):
+    p1, u1, s1 = _step(alias(0.01), p1, s1, loss)
+    p2, u2, s2 = _step(explicit, p2, s2, loss)
+    _tree_close(u1, u2, rtol=1e-6)
+
+
 def test_adam_baseline_matches_optax_adam():
   _assert_same_trajectory(avggrad.adam_baseline(0.01), optax.adam(0.01))
 
@@ -174,6 +199,8 @@ def test_adam_baseline_matches_optax_adam():
     "make",
     [
         lambda: avggrad.rmsprop(3e-3),
+        lambda: avggrad.rmsprop(3e-3, combine="replace", span=1.0),
+        lambda: avggrad.adam(3e-3),
         lambda: avggrad.rmsprop(3e-3, update_range="previous", accumulate="point"),
         lambda: avggrad.adam(3e-3, combine="accelerate", span=4.0),
         lambda: avggrad.rmsprop(3e-3, estimator="quadrature", num_points=2),
