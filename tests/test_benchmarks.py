@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from avggrad import metrics
-from benchmarks import report
+from benchmarks import headline, report
 from benchmarks import run as run_lib
 
 STEPS = 200
@@ -112,6 +112,10 @@ def test_report_figures(tmp_path, fake_training):
   assert not summary["degenerate"]
   text = open(report.build_report(grid_path, str(tmp_path / "results"))).read()
   assert "| rmsprop | 0.001 |" in text and "†" not in text
+  # The README table lays out the same ratios.
+  row = headline.table([grid_path], str(tmp_path / "results")).splitlines()[-1]
+  adam_vs_rmsprop = f"{iters('adam', 1e-2) / iters('rmsprop', 1e-3):.2f}"
+  assert row.startswith("| task | 3 | " + adam_vs_rmsprop)
 
 
 def test_report_flags_a_target_at_the_uniform_predictors_loss(tmp_path, fake_training):
