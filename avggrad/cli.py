@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
       description="Train the same model with several optimizers, each at its best learning "
                   "rate from one grid, and report iterations to a target training loss.")
   _add_model_arguments(p_cmp, compare_defaults)
-  p_cmp.add_argument("--optimizers", nargs="+", default=["rmsprop", "avg-rmsprop"],
+  p_cmp.add_argument("--optimizers", nargs="+",
+                     default=["rmsprop", "avg-rmsprop", "adam", "avg-adam"],
                      metavar="SPEC", help="the first is the baseline that sets the target; "
                      + _optimizer_help())
   p_cmp.add_argument("--lrs", nargs="+", type=_positive_float, default=[3e-5, 1e-4, 3e-4, 1e-3, 3e-3],
