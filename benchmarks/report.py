@@ -145,6 +145,29 @@ def _step_seconds(task: str, label: str, summary: dict, overheads: Optional[dict
   return summary["seconds_per_step"]
 
 
+def overhead_tables(names: list[str], labels: list[str], overheads: dict) -> list[str]:
+  """Markdown tables of the time per step and the compiled memory of each optimizer, relative
+  to same-core RMSProp and to Adam measured in the same process (``benchmarks.overheads``)."""
+  out = []
+  for base, title in ((RMSPROP, "same-core RMSProp"), (ADAM, "Adam (same core)")):
+    out += [f"## Overheads: time per step (memory) relative to {title}", "",
+            f"Measured by `python -m benchmarks.overheads` on {overheads['device']}: each "
+            "optimizer's compiled training step, interleaved with the others in one process; "
+            "memory is XLA's allocation for one step.", "",
+            "| task | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+    for name in names:
+      measured = overheads.get("tasks", {}).get(name, {})
+      if base not in measured:
+        continue
+      ref = measured[base]
+      cells = [f"{m['seconds_per_step'] / ref['seconds_per_step']:.2f} "
+               f"({m['bytes'] / ref['bytes']:.2f})" if (m := measured.get(lab)) else ""
+               for lab in labels]
+      out.append(f"| {name} | " + " | ".join(cells) + " |")
+    out.append("")
+  return out
+
+
 def plot_task(task: dict[str, Any], summary: dict[str, Any], path: str) -> None:
   import matplotlib
 
@@ -250,6 +273,8 @@ def build_report(grid_path: str, results_dir: Optional[str] = None,
     timing = ("the per-step times of `benchmarks/overheads.py` (" + overheads["device"] + ")"
               if overheads else "the runs' own per-step times")
     lines += [f"Wall-clock to target = median iterations x time per step, from {timing}.", ""]
+    if overheads:
+      lines += overhead_tables(names, labels, overheads)
     plot_ratios(names, summaries, labels, os.path.join(folder, "ratios.png"))
     lines += ["", "![ratios](ratios.png)", ""]
   for name, summary in zip(names, summaries):

@@ -138,3 +138,14 @@ def test_grid_errors_name_the_problem(tmp_path):
                               "tasks": [], "baselines": ["rmsprop"]}))
   with pytest.raises(ValueError, match="baselines .*rmsprop"):
     run_lib.load_grid(str(path))
+
+
+def test_overhead_tables_are_ratios_against_each_baseline():
+  overheads = {"device": "cpu", "tasks": {"t": {
+      "rmsprop": {"seconds_per_step": 2.0, "bytes": 10},
+      "adam": {"seconds_per_step": 2.5, "bytes": 20},
+      "avg": {"seconds_per_step": 5.0, "bytes": 50}}}}
+  lines = report.overhead_tables(["t"], ["rmsprop", "adam", "avg"], overheads)
+  rows = [line for line in lines if line.startswith("| t |")]
+  assert rows == ["| t | 1.00 (1.00) | 1.25 (2.00) | 2.50 (5.00) |",
+                  "| t | 0.80 (0.50) | 1.00 (1.00) | 2.00 (2.50) |"]
