@@ -12,13 +12,10 @@ learning rate); this only lays them out compactly. Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 from typing import Any, Optional
 
 from benchmarks import report
-from benchmarks import run as run_lib
 
 # (column title, optimizer label, baseline key) in the order the README shows them.
 COLUMNS: list[tuple[str, str, str]] = [
@@ -33,21 +30,9 @@ COLUMNS: list[tuple[str, str, str]] = [
 def summaries(grid_path: str, results_dir: Optional[str] = None
               ) -> list[tuple[dict[str, Any], dict[str, Any], dict[str, Any]]]:
   """(grid, task, summary) for every task of a grid with results."""
-  grid = run_lib.load_grid(grid_path)
-  out_file = run_lib.results_path(grid, results_dir)
-  records = run_lib.read_results(out_file)
-  overheads_path = os.path.join(os.path.dirname(out_file), "overheads.json")
-  overheads: Optional[dict] = None
-  if os.path.exists(overheads_path):
-    with open(overheads_path) as f:
-      overheads = json.load(f)
-  rows = []
-  for task in grid["tasks"]:
-    summary = report.summarize_task(grid, task, records)
-    if summary["optimizers"]:
-      report.add_wall_clock(task["name"], summary, overheads)
-      rows.append((grid, task, summary))
-  return rows
+  grid, _, records, overheads = report.load(grid_path, results_dir)
+  return [(grid, task, summary)
+          for task, summary in report.summarize_tasks(grid, records, overheads)]
 
 
 def cell(summary: dict[str, Any], label: str, baseline: str) -> str:

@@ -220,17 +220,36 @@ def plot_ratios(names: list[str], summaries: list[dict], labels: list[str], path
   plt.close(fig)
 
 
-def build_report(grid_path: str, results_dir: Optional[str] = None,
-                 overheads_path: Optional[str] = None) -> str:
+def load(grid_path: str, results_dir: Optional[str] = None,
+         overheads_path: Optional[str] = None
+         ) -> tuple[dict[str, Any], str, list[dict[str, Any]], Optional[dict]]:
+  """A grid, its results folder, its run records and its ``overheads.json`` (or ``None``)."""
   grid = run_lib.load_grid(grid_path)
   out_file = run_lib.results_path(grid, results_dir)
   folder = os.path.dirname(out_file)
-  records = run_lib.read_results(out_file)
   overheads = None
   overheads_path = overheads_path or os.path.join(folder, "overheads.json")
   if os.path.exists(overheads_path):
     with open(overheads_path) as f:
       overheads = json.load(f)
+  return grid, folder, run_lib.read_results(out_file), overheads
+
+
+def summarize_tasks(grid: dict[str, Any], records: list[dict[str, Any]],
+                    overheads: Optional[dict]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+  """(task, summary with wall-clock figures) for every task that has complete results."""
+  out = []
+  for task in grid["tasks"]:
+    summary = summarize_task(grid, task, records)
+    if summary["optimizers"]:
+      add_wall_clock(task["name"], summary, overheads)
+      out.append((task, summary))
+  return out
+
+
+def build_report(grid_path: str, results_dir: Optional[str] = None,
+                 overheads_path: Optional[str] = None) -> str:
+  grid, folder, records, overheads = load(grid_path, results_dir, overheads_path)
   lines = [f"# Benchmark report: `{grid['name']}`", ""]
   if grid.get("description"):
     lines += [grid["description"], ""]
@@ -248,18 +267,12 @@ def build_report(grid_path: str, results_dir: Optional[str] = None,
       "iterations than the baseline.",
       "",
   ]
-  names, summaries = [], []
-  for task in grid["tasks"]:
-    summary = summarize_task(grid, task, records)
-    if not summary["optimizers"]:
-      continue
-    names.append(task["name"])
-    summaries.append(summary)
+  done = summarize_tasks(grid, records, overheads)
+  names = [task["name"] for task, _ in done]
+  summaries = [summary for _, summary in done]
   if not summaries:
     lines.append("No complete results yet.")
   labels = [lab for lab in grid["optimizers"] if any(lab in s["optimizers"] for s in summaries)]
-  for name, summary in zip(names, summaries):
-    add_wall_clock(name, summary, overheads)
   if summaries:
     for key, title in SUMMARIES:
       lines += [f"## Summary: {title}", ""]
