@@ -50,7 +50,8 @@ def summarize_task(grid: dict[str, Any], task: dict[str, Any],
   """Per-optimizer figures of one task (only optimizers with every seed at some lr)."""
   seeds = grid["seeds"]
   target = task.get("target")
-  steps = run_lib.task_config(grid, task).steps
+  config = run_lib.task_config(grid, task)
+  steps = config.steps
   window = metrics.default_window(steps)
   by_label: dict[str, dict[float, list[dict]]] = {}
   for r in records:
@@ -91,7 +92,7 @@ def summarize_task(grid: dict[str, Any], task: dict[str, Any],
     s["ratio_adam"] = _ratio(s["median_iterations"], base_adam)
   # A target the baselines set without beating the uniform predictor (a plateau they never
   # leave) makes "iterations to target" measure noise around that loss, not progress.
-  out["chance_loss"] = chance = math.log(data.NUM_CLASSES[run_lib.task_config(grid, task).dataset])
+  out["chance_loss"] = chance = math.log(data.NUM_CLASSES[config.dataset])
   out["degenerate"] = bool(target) and target > DEGENERATE * chance
   for s in out["optimizers"].values():
     s["left_plateau"] = sum(final < LEFT_PLATEAU * chance for final in s["final_losses"])
