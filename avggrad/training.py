@@ -42,14 +42,14 @@ _OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
     "sgd": optax.sgd,
 }
 OPTIMIZERS: tuple[str, ...] = tuple(_OPTIMIZERS)
+_BUILTIN: frozenset[str] = frozenset(_OPTIMIZERS)
 
 
 def register_optimizer(name: str, factory: Callable[..., optax.GradientTransformation]) -> None:
   """Makes ``factory(learning_rate, **options)`` available to specs as ``name`` (for
   experiments; the built-in names cannot be replaced)."""
   global OPTIMIZERS
-  if name in ("rmsprop", "avg-rmsprop", "adam", "avg-adam", "optax-rmsprop", "optax-adam",
-              "sgd"):
+  if name in _BUILTIN:
     raise ValueError(f"{name!r} is a built-in optimizer.")
   _OPTIMIZERS[name] = factory
   OPTIMIZERS = tuple(_OPTIMIZERS)

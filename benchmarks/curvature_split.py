@@ -21,6 +21,7 @@ from flax import nnx
 
 import avggrad
 from avggrad import data, training
+from benchmarks.experimental import hutchinson_diagonal
 
 
 def main(argv=None) -> None:
@@ -38,13 +39,7 @@ def main(argv=None) -> None:
     loss = lambda p: training.cross_entropy(nnx.merge(graphdef, p), xb, yb)
     g = jax.grad(loss)(params)
     hvp = jax.jit(lambda v: jax.jvp(jax.grad(loss), (params,), (v,))[1])
-    leaves, treedef = jax.tree.flatten(params)
-    diag = jax.tree.map(jnp.zeros_like, params)
-    for key in jax.random.split(jax.random.key(0), args.probes):
-      keys = jax.random.split(key, len(leaves))
-      z = jax.tree.unflatten(treedef, [jax.random.rademacher(k, leaf.shape, leaf.dtype)
-                                       for k, leaf in zip(keys, leaves)])
-      diag = jax.tree.map(lambda d, a, b: d + a * b / args.probes, diag, z, hvp(z))
+    diag = hutchinson_diagonal(jax.grad(loss), params, jax.random.key(0), args.probes)
     for name, inner in [("adam", avggrad.adam_baseline(3e-4)),
                         ("rmsprop", avggrad.rmsprop_baseline(3e-4))]:
       delta, _ = inner.update(g, inner.init(params), params)

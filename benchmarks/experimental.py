@@ -25,6 +25,21 @@ from avggrad import training
 from avggrad.transforms import COMBINES
 
 
+def hutchinson_diagonal(grad_fn: Callable[[Any], Any], params: Any, key: jax.Array,
+                        probes: int) -> Any:
+  """Hutchinson's estimate of the Hessian diagonal, the mean of ``z * (H z)`` over ``probes``
+  Rademacher vectors ``z`` (one forward-over-reverse Hessian-vector product each)."""
+  leaves, treedef = jax.tree.flatten(params)
+  diag = jax.tree.map(jnp.zeros_like, params)
+  for k in jax.random.split(key, probes):
+    keys = jax.random.split(k, len(leaves))
+    z = jax.tree.unflatten(treedef, [
+        jax.random.rademacher(kk, leaf.shape, leaf.dtype) for kk, leaf in zip(keys, leaves)])
+    hz = jax.jvp(grad_fn, (params,), (z,))[1]
+    diag = jax.tree.map(lambda d, a, b: d + a * b / probes, diag, z, hz)
+  return diag
+
+
 class PerCoordinateState(NamedTuple):
   inner_state: optax.OptState
   key: jax.Array
@@ -43,15 +58,7 @@ def per_coordinate_average(inner: optax.GradientTransformation, *, span: float =
                 value_fn: Optional[Callable[..., Any]] = None, **extra: Any):
     predicted, _ = inner.update(updates, state.inner_state, params, **extra)
     key, sub = jax.random.split(state.key)
-    leaves, treedef = jax.tree.flatten(params)
-    diag = jax.tree.map(jnp.zeros_like, params)
-    grad_fn = jax.grad(value_fn)
-    for k in jax.random.split(sub, probes):
-      keys = jax.random.split(k, len(leaves))
-      z = jax.tree.unflatten(treedef, [
-          jax.random.rademacher(kk, leaf.shape, leaf.dtype) for kk, leaf in zip(keys, leaves)])
-      hz = jax.jvp(grad_fn, (params,), (z,))[1]
-      diag = jax.tree.map(lambda d, a, b: d + a * b / probes, diag, z, hz)
+    diag = hutchinson_diagonal(jax.grad(value_fn), params, sub, probes)
     average = jax.tree.map(lambda g, h, u: g + 0.5 * h * span * u, updates, diag, predicted)
     combined = combine_fn(updates, average)
     new_updates, inner_state = inner.update(combined, state.inner_state, params, **extra)

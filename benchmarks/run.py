@@ -2,7 +2,8 @@
 
 A grid file (JSON, see ``benchmarks/grids/``) lists tasks (dataset, model, depth,
 activation, initialisation, budget), optimizers (label -> spec, see
-``avggrad.training.parse_optimizer``), the shared learning-rate ladder (a task may give its own ``lrs``) and the seeds::
+``avggrad.training.parse_optimizer``), the shared learning-rate ladder (a task may give its own
+``lrs``) and the seeds::
 
   {"name": "...", "defaults": {...TrainConfig fields...}, "lrs": [...], "seeds": [0, 1, 2],
    "baselines": ["rmsprop", "adam", ...], "target_fraction": 0.8,

@@ -181,14 +181,7 @@ def test_eps_placement_matters_for_tiny_gradients():
 )
 def test_alias_defaults_are_the_documented_ones(alias, baseline, options):
   """The defaults the benchmarks chose (see the aliases' docstrings) are what the aliases do."""
-  params, loss = _problem()
-  explicit = avggrad.average_gradient(baseline(0.01), **options)
-  s1, s2 = alias(0.01).init(params), explicit.init(params)
-  p1, p2 = params, params
-  for _ in range(3):
-    p1, u1, s1 = _step(alias(0.01), p1, s1, loss)
-    p2, u2, s2 = _step(explicit, p2, s2, loss)
-    _tree_close(u1, u2, rtol=1e-6)
+  _assert_same_trajectory(alias(0.01), avggrad.average_gradient(baseline(0.01), **options))
 
 
 def test_adam_baseline_matches_optax_adam():
