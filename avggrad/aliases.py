@@ -92,6 +92,9 @@ def rmsprop(
     span: jax.typing.ArrayLike = 8.0,
     accumulate: str = "average",
     combine: str = "accelerate",
+    far_batch_fraction: Optional[float] = None,
+    far_dtype: Optional[str] = None,
+    max_gain: Optional[jax.typing.ArrayLike] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AvgGrad-RMSProp: RMSProp fed the average gradient over its own update.
 
@@ -133,6 +136,10 @@ def rmsprop(
       (it sees :math:`g^2`).
     combine: ``"accelerate"`` (use :math:`\bar g_i` only where it lengthens the step) or
       ``"replace"`` (see :func:`avggrad.average_gradient`).
+    far_batch_fraction: take the far-end gradient on this fraction of the minibatch
+      (trapezoid estimator; see :func:`avggrad.average_gradient`).
+    far_dtype: compute the far-end gradient in this dtype (trapezoid estimator).
+    max_gain: bound :math:`|\bar g_i| \le \text{max\_gain}\,|g_i|` (accelerate only).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params`` and the
@@ -171,6 +178,9 @@ def rmsprop(
       update_range=update_range,
       accumulate=accumulate,
       combine=combine,
+      far_batch_fraction=far_batch_fraction,
+      far_dtype=far_dtype,
+      max_gain=max_gain,
   )
 
 
@@ -232,6 +242,9 @@ def adam(
     span: jax.typing.ArrayLike = 8.0,
     accumulate: str = "average",
     combine: str = "accelerate",
+    far_batch_fraction: Optional[float] = None,
+    far_dtype: Optional[str] = None,
+    max_gain: Optional[jax.typing.ArrayLike] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AvgGrad-Adam: Adam fed the average gradient over its own update.
 
@@ -280,6 +293,11 @@ def adam(
     span: average over ``span`` times the range (the step itself is not scaled).
     accumulate: ``"average"`` or ``"point"``.
     combine: ``"accelerate"`` or ``"replace"`` (see :func:`avggrad.average_gradient`).
+    far_batch_fraction: take the far-end gradient on this fraction of the minibatch
+      (trapezoid estimator; needs ``batch=`` in ``update``, see
+      :func:`avggrad.average_gradient`).
+    far_dtype: compute the far-end gradient in this dtype (trapezoid estimator).
+    max_gain: bound :math:`|\bar g_i| \le \text{max\_gain}\,|g_i|` (accelerate only).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params`` and
@@ -311,4 +329,7 @@ def adam(
       update_range=update_range,
       accumulate=accumulate,
       combine=combine,
+      far_batch_fraction=far_batch_fraction,
+      far_dtype=far_dtype,
+      max_gain=max_gain,
   )

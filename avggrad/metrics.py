@@ -55,6 +55,50 @@ def iterations_to_target(
   return int(hits[0]) if len(hits) else None
 
 
+DEFAULT_DIVERGENCE_FACTOR = 10.0
+
+
+def divergence_step(
+    losses: Sequence[float],
+    factor: float = DEFAULT_DIVERGENCE_FACTOR,
+    window: Optional[int] = None,
+) -> Optional[int]:
+  """The first step at which a run counts as diverged; ``None`` if it never does.
+
+  A run diverges at the first non-finite loss, or (with ``factor > 0``) at the first step
+  where the trailing mean of its minibatch losses over ``window`` steps exceeds ``factor``
+  times its initial loss (the loss at step 0, before any update). ``factor = 0`` checks for
+  non-finite losses only. The trailing mean only looks back, so a run can be stopped as soon
+  as it crosses the threshold.
+
+  Example:
+    >>> divergence_step([2.0, 2.5, 30.0, 60.0, 90.0], factor=10.0, window=2)
+    3
+    >>> divergence_step([2.0, 1.0, float("nan")], factor=0.0)
+    2
+    >>> divergence_step([2.0, 1.0, 0.5], factor=10.0) is None
+    True
+  """
+  values = np.asarray(losses, np.float64)
+  if len(values) == 0:
+    return None
+  bad = ~np.isfinite(values)
+  first_bad = int(np.argmax(bad)) if bad.any() else None
+  if factor > 0 and np.isfinite(values[0]):
+    if window is None:
+      window = default_window(len(values))
+    window = max(1, int(window))
+    finite = np.where(bad, 0.0, values)
+    cumulative = np.concatenate([[0.0], np.cumsum(finite)])
+    idx = np.arange(len(values))
+    lo = np.maximum(idx - window + 1, 0)
+    trailing = (cumulative[idx + 1] - cumulative[lo]) / (idx + 1 - lo)
+    over = np.flatnonzero(trailing > factor * abs(values[0]))
+    if len(over) and (first_bad is None or over[0] < first_bad):
+      return int(over[0])
+  return first_bad
+
+
 def final_loss(losses: Sequence[float], diverged: bool = False) -> float:
   """Mean minibatch loss over the last 10% of a run; infinite if the run diverged.
 

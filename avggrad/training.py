@@ -2,13 +2,21 @@
 
 :func:`train` runs one configuration (:class:`TrainConfig`) and returns a :class:`RunResult`
 with the per-step minibatch losses, periodic evaluations of the training loss and accuracy,
-the final test metrics and the wall-clock time per step. Each step is one compiled call;
-the losses of ``eval_every`` steps are fetched together, so the host does not wait on the
-device between steps. The same seed gives the same initial weights and the same minibatch order whatever
-the optimizer, so optimizers are compared on identical data.
+the final test metrics and the wall-clock time per step. Its stages are separate functions, in
+the spirit of the Flax examples' ``train.py``: the data (:func:`load_splits`,
+:func:`batch_indices`), the compiled step (:func:`make_model`, :func:`make_optimizer`,
+:func:`step_fn`), the loop (:func:`train`) and the record (:class:`MetricsLog`). Each step is
+one compiled call; the losses of ``eval_every`` steps are fetched together, so the host does
+not wait on the device between steps. The same seed gives the same initial weights and the
+same minibatch order whatever the optimizer, so optimizers are compared on identical data.
+:mod:`avggrad.sweep` trains many learning rates and seeds of one configuration in one
+compiled program, with the same stages.
 
-The average-gradient optimizers receive ``value_fn`` (the loss on the current minibatch as a
-function of the parameters); all others ignore it.
+Every optimizer receives ``value_fn(params, batch)`` (the loss on a batch as a function of the
+parameters) and ``batch=(x, y)`` (the current minibatch) as extra arguments of ``update``; the
+average-gradient optimizers use them, all others ignore them. A run stops early, marked
+``"diverged at step N"``, when its loss becomes non-finite or its trailing mean loss exceeds
+``divergence_factor`` times its initial loss (:func:`avggrad.metrics.divergence_step`).
 """
 
 from __future__ import annotations
@@ -28,6 +36,8 @@ from flax import nnx
 
 import avggrad
 from avggrad import data as data_lib
+from avggrad import metrics
+from avggrad.progress import Progress
 from avggrad.models import CNN, MLP, TextModel
 
 MODELS: tuple[str, ...] = ("mlp", "cnn", "text-mlp", "text-conv")
@@ -54,9 +64,11 @@ def register_optimizer(name: str, factory: Callable[..., optax.GradientTransform
   _OPTIMIZERS[name] = factory
   OPTIMIZERS = tuple(_OPTIMIZERS)
 
-_FLOAT_OPTIONS = {"span", "decay", "eps", "eps_root", "b1", "b2", "momentum", "initial_scale"}
+_FLOAT_OPTIONS = {"span", "decay", "eps", "eps_root", "b1", "b2", "momentum", "initial_scale",
+                  "far_batch_fraction", "max_gain", "weight_decay", "rho"}
 _INT_OPTIONS = {"num_points", "probes"}
-_STR_OPTIONS = {"estimator", "update_range", "accumulate", "combine"}
+_STR_OPTIONS = {"estimator", "update_range", "accumulate", "combine", "far_dtype"}
+SCHEDULES: tuple[str, ...] = ("constant", "warmup_cosine")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -98,7 +110,9 @@ def parse_optimizer(spec: str) -> tuple[str, dict[str, Any]]:
   return name, options
 
 
-def make_optimizer(spec: str, learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformationExtraArgs:
+def make_optimizer(
+    spec: str, learning_rate: optax.ScalarOrSchedule
+) -> optax.GradientTransformationExtraArgs:
   """Builds the optimizer a spec names (see :data:`OPTIMIZERS` and :func:`parse_optimizer`).
 
   ``rmsprop`` and ``adam`` are avggrad's same-core baselines (``eps`` outside the root);
@@ -114,7 +128,14 @@ def make_optimizer(spec: str, learning_rate: optax.ScalarOrSchedule) -> optax.Gr
 
 @dataclasses.dataclass
 class TrainConfig:
-  """Everything that defines one training run."""
+  """Everything that defines one training run.
+
+  ``schedule`` is ``"constant"`` (the learning rate ``lr`` throughout) or
+  ``"warmup_cosine"`` (linear warmup from 0 over ``warmup_fraction`` of the budget, then
+  cosine decay to 0 at the last step, peaking at ``lr``). ``divergence_factor`` stops a run
+  whose trailing mean loss exceeds that multiple of its initial loss (0: only a non-finite
+  loss stops it).
+  """
 
   dataset: str = data_lib.EMBEDDED
   model: str = "mlp"
@@ -137,6 +158,9 @@ class TrainConfig:
   vocab_size: int = 20000
   max_len: int = 256
   embed_dim: int = 64
+  schedule: str = "constant"
+  warmup_fraction: float = 0.05
+  divergence_factor: float = metrics.DEFAULT_DIVERGENCE_FACTOR
 
   def validate(self) -> None:
     """Raises ``ValueError`` for settings that cannot work together."""
@@ -149,14 +173,25 @@ class TrainConfig:
     is_text = self.dataset == "imdb_reviews"
     if is_text != self.model.startswith("text-"):
       raise ValueError(
-          f"Model {self.model!r} does not fit dataset {self.dataset!r}: IMDb takes text-mlp "
-          "or text-conv, the image datasets take mlp or cnn."
+          f"Model {self.model!r} does not fit dataset {self.dataset!r}: IMDb takes "
+          f"{', '.join(m for m in MODELS if m.startswith('text-'))}, the image datasets take "
+          f"{', '.join(m for m in MODELS if not m.startswith('text-'))}."
       )
     for name in ("steps", "batch_size", "eval_every", "eval_examples", "width", "channels"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
     if not (self.lr > 0 and math.isfinite(self.lr)):
       raise ValueError(f"lr must be a positive number, got {self.lr}.")
+    if self.schedule not in SCHEDULES:
+      raise ValueError(
+          f"Unknown schedule {self.schedule!r}; expected one of {', '.join(SCHEDULES)}."
+      )
+    if not 0 <= self.warmup_fraction < 1:
+      raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}.")
+    if not (self.divergence_factor >= 0 and math.isfinite(self.divergence_factor)):
+      raise ValueError(
+          f"divergence_factor must be 0 (off) or positive, got {self.divergence_factor}."
+      )
     parse_optimizer(self.optimizer)
 
 
@@ -169,11 +204,16 @@ class RunResult:
     losses: minibatch training loss at every step, measured before that step's update.
     evals: periodic evaluations ``{"step", "train_loss", "train_accuracy"}`` on the first
       ``eval_examples`` training examples.
-    status: ``"ok"`` or ``"diverged at step N"`` (non-finite loss; the run stopped there).
+    status: ``"ok"`` or ``"diverged at step N"`` (a non-finite loss, or a trailing mean loss
+      above ``divergence_factor`` times the initial loss; the run stopped there).
     test_loss, test_accuracy: on the test split at the end (NaN if diverged).
     seconds_per_step: wall-clock per step, excluding compilation and the first
-      ``eval_every`` steps (warm-up).
+      ``eval_every`` steps (warm-up). For runs trained together by :mod:`avggrad.sweep`, the
+      sweep's time per step divided by ``batched_runs`` (an amortised figure, not the time
+      of one run's step: time steps one at a time, as :mod:`avggrad.timing` does, for
+      wall-clock comparisons).
     compile_seconds: time to compile the training step.
+    batched_runs: how many runs were trained together in one compiled program.
   """
 
   config: dict[str, Any]
@@ -184,6 +224,7 @@ class RunResult:
   test_accuracy: float
   seconds_per_step: float
   compile_seconds: float
+  batched_runs: int = 1
 
   @property
   def diverged(self) -> bool:
@@ -191,6 +232,27 @@ class RunResult:
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
+
+
+def load_splits(config: TrainConfig) -> tuple[data_lib.Dataset, data_lib.Dataset]:
+  """The training and test splits a configuration names."""
+  kwargs = dict(data_dir=config.data_dir, limit=config.limit, vocab_size=config.vocab_size,
+                max_len=config.max_len)
+  return (data_lib.load(config.dataset, "train", **kwargs),
+          data_lib.load(config.dataset, "test", **kwargs))
+
+
+def learning_rate(config: TrainConfig, lr: Any = None) -> optax.ScalarOrSchedule:
+  """The learning rate or schedule of a configuration, peaking at ``lr`` (default
+  ``config.lr``; may be a traced value, as in :mod:`avggrad.sweep`)."""
+  lr = config.lr if lr is None else lr
+  if config.schedule == "constant":
+    return lr
+  warmup = int(round(config.warmup_fraction * config.steps))
+  unit = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=1.0, warmup_steps=warmup, decay_steps=config.steps,
+      end_value=0.0)
+  return lambda count: lr * unit(count)
 
 
 def make_model(config: TrainConfig, train: data_lib.Dataset, rngs: nnx.Rngs) -> nnx.Module:
@@ -214,19 +276,27 @@ def cross_entropy(model: nnx.Module, x: jax.Array, y: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
 
 
+def loss_fn(graphdef: Any, rest: Any) -> Callable[[Any, tuple[jax.Array, jax.Array]], jax.Array]:
+  """``value_fn(params, batch)``: the mean cross-entropy on ``batch = (x, y)`` of the model
+  ``nnx.merge(graphdef, params, rest)``; the form the optimizers receive as ``value_fn``."""
+
+  def value_fn(params: Any, batch: tuple[jax.Array, jax.Array]) -> jax.Array:
+    x, y = batch
+    return cross_entropy(nnx.merge(graphdef, params, rest), x, y)
+
+  return value_fn
+
+
 def train_step(model: nnx.Module, optimizer: nnx.Optimizer, x: jax.Array, y: jax.Array):
   """One step: loss and gradient at the current weights, then ``optimizer.update``.
 
-  The optimizer receives ``value_fn``, the minibatch loss as a function of the parameters
-  (the pure ``nnx.Param`` state), as average-gradient optimizers need.
+  The optimizer receives ``value_fn(params, batch)`` (on the pure ``nnx.Param`` state) and
+  ``batch=(x, y)``, as average-gradient optimizers need.
   """
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-
-  def value_fn(p: Any) -> jax.Array:
-    return cross_entropy(nnx.merge(graphdef, p, rest), x, y)
-
-  loss, grads = jax.value_and_grad(value_fn)(params)
-  optimizer.update(model, grads, value_fn=value_fn)
+  value_fn = loss_fn(graphdef, rest)
+  loss, grads = jax.value_and_grad(value_fn)(params, (x, y))
+  optimizer.update(model, grads, value_fn=value_fn, batch=(x, y))
   return loss
 
 
@@ -244,8 +314,9 @@ def step_fn(graphdef: Any) -> Callable:
   return step
 
 
-def _batch_indices(num_examples: int, batch_size: int, steps: int, seed: int) -> np.ndarray:
-  """Minibatch indices for every step: shuffled epochs, the same for every optimizer."""
+def batch_indices(num_examples: int, batch_size: int, steps: int, seed: int) -> np.ndarray:
+  """Minibatch indices for every step, ``(steps, batch_size)``: shuffled epochs, the same for
+  every optimizer."""
   rng = np.random.default_rng(seed)
   per_epoch = max(1, num_examples // batch_size)
   epochs = -(-steps // per_epoch)
@@ -255,7 +326,12 @@ def _batch_indices(num_examples: int, batch_size: int, steps: int, seed: int) ->
   return order[: steps * batch_size].reshape(steps, batch_size).astype(np.int32)
 
 
-def _evaluate_fn(graphdef: Any) -> Callable:
+_batch_indices = batch_indices  # the name earlier versions used
+
+
+def evaluate_fn(graphdef: Any) -> Callable:
+  """``evaluate(model_state, x, y) -> (summed loss, correct count)``, jit-compiled."""
+
   @jax.jit
   def evaluate(state: Any, x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
     model = nnx.merge(graphdef, state)
@@ -267,13 +343,64 @@ def _evaluate_fn(graphdef: Any) -> Callable:
   return evaluate
 
 
-def _evaluate(evaluate: Callable, state: Any, x: np.ndarray, y: np.ndarray, batch: int = 1000):
+def evaluate_in_batches(evaluate: Callable, state: Any, x: np.ndarray, y: np.ndarray,
+                        batch: int = 1000) -> tuple[Any, Any]:
+  """Mean loss and accuracy of ``evaluate`` over ``x, y`` in batches (arrays when
+  ``evaluate`` is vmapped over runs)."""
   total, correct = 0.0, 0
   for start in range(0, len(y), batch):
     loss, hits = evaluate(state, x[start : start + batch], y[start : start + batch])
-    total += float(loss)
-    correct += int(hits)
-  return total / len(y), correct / len(y)
+    total = total + np.asarray(loss, np.float64)
+    correct = correct + np.asarray(hits, np.int64)
+  total, correct = total / len(y), correct / len(y)
+  if np.ndim(total) == 0:
+    return float(total), float(correct)
+  return total, correct
+
+
+class MetricsLog:
+  """The record of a run: ``config.json`` and ``metrics.jsonl`` in ``out_dir`` (nothing when
+  ``out_dir`` is ``None``). A context manager: the file is closed however the run ends."""
+
+  def __init__(self, out_dir: Optional[str], config: TrainConfig):
+    self._file = None
+    if out_dir:
+      os.makedirs(out_dir, exist_ok=True)
+      with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(dataclasses.asdict(config), f, indent=2)
+      self._file = open(os.path.join(out_dir, "metrics.jsonl"), "w")
+
+  def write(self, entry: dict[str, Any]) -> None:
+    """Appends one JSON line and flushes it."""
+    if self._file is not None:
+      self._file.write(json.dumps(entry) + "\n")
+      self._file.flush()
+
+  def close(self) -> None:
+    if self._file is not None:
+      self._file.close()
+      self._file = None
+
+  def __enter__(self) -> "MetricsLog":
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    self.close()
+
+
+def compile_step(config: TrainConfig, train_data: data_lib.Dataset) -> tuple[Any, Any, Any, float]:
+  """The model and optimizer of a run as ``(graphdef, state)``, its compiled step (state
+  donated) and the compile time in seconds."""
+  tx = make_optimizer(config.optimizer, learning_rate(config))
+  model = make_model(config, train_data, nnx.Rngs(config.seed))
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  graphdef, state = nnx.split((model, optimizer))
+  x = jnp.asarray(train_data.x)
+  y = jnp.asarray(train_data.y)
+  idx = jnp.zeros((config.batch_size,), jnp.int32)
+  start = time.perf_counter()
+  compiled = jax.jit(step_fn(graphdef), donate_argnums=0).lower(state, x, y, idx).compile()
+  return graphdef, state, compiled, time.perf_counter() - start
 
 
 def train(
@@ -292,7 +419,7 @@ def train(
     train_data, test_data: preloaded splits (loaded from ``config`` when omitted).
     out_dir: if given, ``config.json`` and ``metrics.jsonl`` (one JSON object per evaluation,
       then a final summary with the per-step losses) are written there as the run goes.
-    progress: show a progress bar.
+    progress: report progress (a bar on a terminal, one line per evaluation otherwise).
     raise_on_nonfinite: raise :class:`NonFiniteLossError` (after writing the log) instead of
       returning a result with ``status="diverged at step N"``.
 
@@ -300,116 +427,82 @@ def train(
     The :class:`RunResult`.
   """
   config.validate()
-  load = lambda split: data_lib.load(
-      config.dataset, split, data_dir=config.data_dir, limit=config.limit,
-      vocab_size=config.vocab_size, max_len=config.max_len)
-  train_data = train_data or load("train")
-  test_data = test_data or load("test")
-  tx = make_optimizer(config.optimizer, config.lr)
-  model = make_model(config, train_data, nnx.Rngs(config.seed))
-  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-  graphdef, state = nnx.split((model, optimizer))
-  model_graphdef = nnx.graphdef(model)
-
-  x_all = jnp.asarray(train_data.x)
-  y_all = jnp.asarray(train_data.y)
-  indices = jnp.asarray(
-      _batch_indices(len(train_data), config.batch_size, config.steps, config.seed))
-  start = time.perf_counter()
-  compiled = jax.jit(step_fn(graphdef), donate_argnums=0).lower(
-      state, x_all, y_all, indices[0]).compile()
-  compile_seconds = time.perf_counter() - start
-  chunk = min(config.eval_every, config.steps)
-  evaluate = _evaluate_fn(model_graphdef)
+  if train_data is None or test_data is None:
+    loaded = load_splits(config)
+    train_data, test_data = train_data or loaded[0], test_data or loaded[1]
+  graphdef, state, compiled, compile_seconds = compile_step(config, train_data)
+  model_graphdef = nnx.graphdef(nnx.merge(graphdef, state)[0])
+  evaluate = evaluate_fn(model_graphdef)
+  x_all, y_all = jnp.asarray(train_data.x), jnp.asarray(train_data.y)
+  indices = jnp.asarray(batch_indices(len(train_data), config.batch_size, config.steps,
+                                      config.seed))
   eval_x = train_data.x[: config.eval_examples]
   eval_y = train_data.y[: config.eval_examples]
-
-  log = None
-  if out_dir:
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "config.json"), "w") as f:
-      json.dump(dataclasses.asdict(config), f, indent=2)
-    log = open(os.path.join(out_dir, "metrics.jsonl"), "w")
-
-  def record(entry: dict[str, Any]) -> None:
-    if log is not None:
-      log.write(json.dumps(entry) + "\n")
-      log.flush()
+  window = metrics.default_window(config.steps)
 
   def model_state(state: Any) -> Any:
-    model, _ = nnx.merge(graphdef, state)
-    return nnx.state(model)
+    return nnx.state(nnx.merge(graphdef, state)[0])
 
   evals: list[dict[str, float]] = []
   losses: list[float] = []
   status = "ok"
   run_seconds = 0.0  # all chunks (the elapsed time in the log)
   timed_seconds, timed_steps = 0.0, 0  # chunks after the first (warm), for seconds_per_step
+  with MetricsLog(out_dir, config) as log, Progress(
+      config.steps, f"{config.optimizer} lr={config.lr:g}", enabled=progress) as bar:
 
-  def evaluate_now(step: int) -> None:
-    loss, acc = _evaluate(evaluate, model_state(state), eval_x, eval_y)
-    entry = {"step": step, "train_loss": loss, "train_accuracy": acc}
-    evals.append(entry)
-    record(entry | {"elapsed": run_seconds})
+    def evaluate_now(step: int) -> None:
+      loss, acc = evaluate_in_batches(evaluate, model_state(state), eval_x, eval_y)
+      entry = {"step": step, "train_loss": loss, "train_accuracy": acc}
+      evals.append(entry)
+      log.write(entry | {"elapsed": run_seconds})
 
-  bar = None
-  if progress:
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=config.steps, desc=f"{config.optimizer} lr={config.lr:g}", leave=False)
-  try:
     evaluate_now(0)
     step = 0
     while step < config.steps:
-      size = min(chunk, config.steps - step)
+      size = min(config.eval_every, config.steps - step)
       tick = time.perf_counter()
       chunk_losses = []
       for i in range(step, step + size):
         state, loss = compiled(state, x_all, y_all, indices[i])
         chunk_losses.append(loss)
-      chunk_losses = np.asarray(jax.device_get(chunk_losses), np.float64)
+      losses.extend(np.asarray(jax.device_get(chunk_losses), np.float64).tolist())
       seconds = time.perf_counter() - tick
       run_seconds += seconds
       if step > 0:
         timed_seconds += seconds
         timed_steps += size
-      bad = np.flatnonzero(~np.isfinite(chunk_losses))
-      if len(bad):
-        losses.extend(chunk_losses[: bad[0] + 1].tolist())
-        status = f"diverged at step {step + int(bad[0])}"
+      stop = metrics.divergence_step(losses, config.divergence_factor, window)
+      if stop is not None:
+        del losses[stop + 1:]
+        status = f"diverged at step {stop}"
         break
-      losses.extend(chunk_losses.tolist())
       step += size
       evaluate_now(step)
-      if bar is not None:
-        bar.update(size)
-        bar.set_postfix(loss=f"{evals[-1]['train_loss']:.4f}")
-  finally:
-    if bar is not None:
-      bar.close()
-  if status == "ok":
-    test_loss, test_acc = _evaluate(evaluate, model_state(state), test_data.x, test_data.y)
-  else:
-    test_loss, test_acc = math.nan, math.nan
-  result = RunResult(
-      config=dataclasses.asdict(config),
-      losses=losses,
-      evals=evals,
-      status=status,
-      test_loss=test_loss,
-      test_accuracy=test_acc,
-      seconds_per_step=(timed_seconds / timed_steps if timed_steps
-                        else run_seconds / max(len(losses), 1)),
-      compile_seconds=compile_seconds,
-  )
-  record({"event": "end", "status": status, "test_loss": test_loss, "test_accuracy": test_acc,
-          "seconds_per_step": result.seconds_per_step, "compile_seconds": compile_seconds,
-          "losses": losses})
-  if log is not None:
-    log.close()
+      bar.update(size, loss=evals[-1]["train_loss"])
+    if status == "ok":
+      test_loss, test_acc = evaluate_in_batches(evaluate, model_state(state), test_data.x,
+                                                test_data.y)
+    else:
+      test_loss, test_acc = math.nan, math.nan
+    result = RunResult(
+        config=dataclasses.asdict(config),
+        losses=losses,
+        evals=evals,
+        status=status,
+        test_loss=test_loss,
+        test_accuracy=test_acc,
+        seconds_per_step=(timed_seconds / timed_steps if timed_steps
+                          else run_seconds / max(len(losses), 1)),
+        compile_seconds=compile_seconds,
+    )
+    log.write({"event": "end", "status": status, "test_loss": test_loss,
+               "test_accuracy": test_acc, "seconds_per_step": result.seconds_per_step,
+               "compile_seconds": compile_seconds, "losses": losses})
   if status != "ok" and raise_on_nonfinite:
     raise NonFiniteLossError(
-        f"{config.optimizer} (lr={config.lr:g}): the training loss became non-finite, "
-        f"{status}; the log is kept{' in ' + out_dir if out_dir else ''}."
+        f"{config.optimizer} (lr={config.lr:g}): the training loss became non-finite or "
+        f"exceeded {config.divergence_factor:g}x its initial loss ({status}); the log is kept"
+        f"{' in ' + out_dir if out_dir else ''}."
     )
   return result

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import warnings
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -43,16 +44,19 @@ def _replace(point: Any, average: Any) -> Any:
   return average
 
 
-def _accelerate(point: Any, average: Any) -> Any:
+def _accelerate(point: Any, average: Any, max_gain: Optional[Any] = None) -> Any:
   r"""``combine="accelerate"``: :math:`\bar g_i` only where it enlarges the step.
 
   :math:`\bar g_i` replaces :math:`g_i` where both have the same sign and
   :math:`|\bar g_i| > |g_i|` (the loss curves down along the step), and :math:`g_i` is kept
-  elsewhere, so no coordinate's step is ever shortened or reversed.
+  elsewhere, so no coordinate's step is ever shortened or reversed. With ``max_gain`` the
+  gain is bounded, :math:`|\bar g_i| \le \text{max\_gain}\,|g_i|`.
   """
 
   def pick(g: jax.Array, gbar: jax.Array) -> jax.Array:
     keep = (g * gbar > 0) & (jnp.abs(gbar) > jnp.abs(g))
+    if max_gain is not None:
+      gbar = jnp.clip(gbar, -max_gain * jnp.abs(g), max_gain * jnp.abs(g))
     return jnp.where(keep, gbar, g).astype(g.dtype)
 
   return jax.tree.map(pick, point, average)
@@ -110,17 +114,78 @@ def _require(params: Optional[Params], value_fn: Optional[Callable[..., Any]], w
 
 def _bind_value_fn(value_fn: Callable[..., Any], extra_args: dict[str, Any]) -> Callable:
   """``value_fn`` with the extra arguments whose names it declares (Optax's convention)."""
+  names = _value_fn_argnames(value_fn)
+  kwargs = {k: v for k, v in extra_args.items() if k in names}
+  return functools.partial(value_fn, **kwargs) if kwargs else value_fn
+
+
+def _far_batch(extra_args: dict[str, Any], fraction: float) -> Optional[dict[str, Any]]:
+  """``extra_args`` with its ``batch`` cut to the first ``fraction`` of its examples (the
+  leading axis of every array leaf); ``None`` when there is no ``batch`` to cut."""
+  batch = extra_args.get("batch")
+  leaves = jax.tree.leaves(batch)
+  if batch is None or not leaves or any(jnp.ndim(x) == 0 for x in leaves):
+    return None
+  size = jnp.shape(leaves[0])[0]
+  if any(jnp.shape(x)[0] != size for x in leaves):
+    raise ValueError(
+        "far_batch_fraction needs every leaf of `batch` to have the batch on its leading "
+        f"axis; got leading sizes {sorted({jnp.shape(x)[0] for x in leaves})}."
+    )
+  keep = max(1, int(round(fraction * size)))
+  return dict(extra_args, batch=jax.tree.map(lambda x: x[:keep], batch))
+
+
+def _cast_floats(tree: Any, dtype: Any) -> Any:
+  return jax.tree.map(
+      lambda x: x.astype(dtype) if jnp.issubdtype(jnp.result_type(x), jnp.floating) else x,
+      tree,
+  )
+
+
+def _far_end_gradient(
+    value_fn: Callable[..., Any],
+    extra_args: dict[str, Any],
+    params: Params,
+    delta: Updates,
+    *,
+    fraction: float,
+    dtype: Optional[str],
+) -> Updates:
+  """The gradient at ``params + delta``, on the first ``fraction`` of the batch and in
+  ``dtype`` (the full batch and the parameters' own dtypes by default)."""
+  args = extra_args
+  if fraction < 1.0:
+    cut = _far_batch(extra_args, fraction)
+    if cut is None or "batch" not in _value_fn_argnames(value_fn):
+      warnings.warn(
+          "far_batch_fraction < 1 needs the minibatch: call tx.update(grads, state, params, "
+          "value_fn=loss_fn, batch=batch) with a loss_fn(params, batch); the far end uses the "
+          "full loss instead.",
+          stacklevel=4,
+      )
+    else:
+      args = cut
+  end = jax.tree.map(lambda p, d: (p + d).astype(p.dtype), params, delta)
+  if dtype is not None:
+    end = _cast_floats(end, dtype)
+    if "batch" in args:
+      args = dict(args, batch=_cast_floats(args["batch"], dtype))
+  grad = jax.grad(_bind_value_fn(value_fn, args))(end)
+  return optax.tree.cast_like(grad, params)
+
+
+def _value_fn_argnames(value_fn: Callable[..., Any]) -> set[str]:
+  """Names of the parameters of ``value_fn`` after the first (empty if unknown)."""
   try:
     parameters = list(inspect.signature(value_fn).parameters.values())[1:]
   except (TypeError, ValueError):
-    return value_fn
-  names = {
+    return set()
+  return {
       p.name
       for p in parameters
       if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
   }
-  kwargs = {k: v for k, v in extra_args.items() if k in names}
-  return functools.partial(value_fn, **kwargs) if kwargs else value_fn
 
 
 def _scale_tree(tree: Any, scale: Any) -> Any:
@@ -235,6 +300,36 @@ def scale_by_average_gradient(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+def _check_far_end(fraction: Any, dtype: Optional[str], estimator: str,
+                   update_range: str) -> bool:
+  """Validates the far-end options; whether the far end is taken apart from the point."""
+  if fraction is None:
+    fraction = 1.0
+  if isinstance(fraction, jax.core.Tracer) or not isinstance(fraction, (int, float)):
+    raise TypeError(
+        "far_batch_fraction must be a Python number (it sets the sub-batch's static size); "
+        f"got {type(fraction).__name__}. Under optax.inject_hyperparams pass "
+        "static_args=('far_batch_fraction',)."
+    )
+  if not 0 < fraction <= 1:
+    raise ValueError(f"far_batch_fraction must be in (0, 1], got {fraction}.")
+  if dtype is not None:
+    try:
+      if not jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
+        raise TypeError
+    except TypeError:
+      raise ValueError(f"far_dtype must be a floating dtype, got {dtype!r}.") from None
+  unpaired = fraction < 1 or dtype is not None
+  if unpaired and (estimator != "trapezoid" or update_range != "predicted"):
+    raise ValueError(
+        "far_batch_fraction < 1 and far_dtype take the far-end gradient of the trapezoid "
+        "rule apart from the point gradient: they need estimator='trapezoid' and "
+        f"update_range='predicted'; got estimator={estimator!r}, "
+        f"update_range={update_range!r}."
+    )
+  return unpaired
+
+
 class AverageGradientState(NamedTuple):
   """State of :func:`average_gradient`.
 
@@ -264,6 +359,9 @@ def average_gradient(
     update_range: str = "predicted",
     accumulate: str = "average",
     combine: str = "replace",
+    far_batch_fraction: Optional[float] = None,
+    far_dtype: Optional[str] = None,
+    max_gain: Optional[jax.typing.ArrayLike] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Feeds ``inner`` the average gradient over the update it is about to make.
 
@@ -299,11 +397,31 @@ def average_gradient(
     accumulate: ``"average"`` (the accumulator sees :math:`\bar g`) or ``"point"``
       (it sees :math:`g`).
     combine: ``"replace"`` or ``"accelerate"`` (see :data:`COMBINES`).
+    far_batch_fraction: with the ``"trapezoid"`` estimator and the predicted range, take the
+      gradient at the far end of the range on the first ``far_batch_fraction`` of the
+      minibatch only, and average it with the full-batch point gradient,
+      :math:`\bar g \approx \tfrac12(g + \nabla L_{\text{sub}}(w + s\hat\Delta))`. It cuts
+      the extra cost of a step to that fraction of a gradient. It needs the minibatch: pass
+      ``batch=`` (any pytree of arrays with the examples on the leading axis) to ``update``
+      and a ``value_fn(params, batch)``; without them the far end uses the full ``value_fn``
+      (with a warning). ``None`` (the default) is the whole minibatch. A static Python
+      number in ``(0, 1]``: under ``optax.inject_hyperparams`` name it in ``static_args``.
+    far_dtype: with the ``"trapezoid"`` estimator, compute the far-end gradient in this
+      dtype (e.g. ``"bfloat16"``), casting the parameters and the floating leaves of
+      ``batch``; the result is cast back to the parameters' dtypes.
+    max_gain: with ``combine="accelerate"``, bound the gain of a coordinate,
+      :math:`|\bar g_i| \le \text{max\_gain}\,|g_i|` (``None``: unbounded).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update(updates, state, params, *,
     value_fn, **extra_args)`` needs ``params`` and ``value_fn``; other extra arguments are
     passed on to ``inner``.
+
+  Raises:
+    ValueError: for an unknown ``estimator``, ``update_range``, ``accumulate`` or
+      ``combine``, or options that do not go together (``far_batch_fraction`` or
+      ``far_dtype`` without the trapezoid estimator and the predicted range, ``max_gain``
+      without ``combine="accelerate"``).
 
   Example:
     >>> import jax, jax.numpy as jnp, optax
@@ -324,9 +442,14 @@ def average_gradient(
   _check_choice("update_range", update_range, RANGES)
   _check_choice("accumulate", accumulate, ACCUMULATORS)
   _check_choice("combine", combine, COMBINES)
+  unpaired = _check_far_end(far_batch_fraction, far_dtype, estimator, update_range)
+  if max_gain is not None and combine != "accelerate":
+    raise ValueError(f"max_gain bounds combine='accelerate'; got combine={combine!r}.")
   inner = optax.with_extra_args_support(inner)
   average = _average_gradient_fn(estimator, num_points)
   combine_fn = COMBINES[combine]
+  if max_gain is not None:
+    combine_fn = functools.partial(_accelerate, max_gain=max_gain)
   tracker = scale_by_average_gradient(
       estimator=estimator, num_points=num_points, span=span
   )
@@ -358,7 +481,12 @@ def average_gradient(
           point, state.inner_state, params, value_fn=value_fn, **extra_args
       )
       delta = _scale_tree(predicted, span)
-      avg = average(_bind_value_fn(value_fn, extra_args), params, delta)
+      if unpaired:
+        far = _far_end_gradient(value_fn, extra_args, params, delta,
+                                fraction=far_batch_fraction or 1.0, dtype=far_dtype)
+        avg = jax.tree.map(lambda g, f: (0.5 * (g + f)).astype(g.dtype), point, far)
+      else:
+        avg = average(_bind_value_fn(value_fn, extra_args), params, delta)
     else:
       avg, range_state = tracker.update(
           point, range_state, params, value_fn=value_fn, **extra_args

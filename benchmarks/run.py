@@ -19,7 +19,17 @@ Protocol, per task:
    optimizer runs;
 3. every other optimizer runs at every learning rate and seed;
 4. whenever an optimizer's best learning rate sits at an edge of what it has run, the next
-   rung of the ladder (x3 or /3 of the edge, up to ``max_extensions`` per side) is run for it.
+   rungs of the ladder are run for it (up to ``max_extensions`` per side): on a geometric
+   ladder (``"ladder": "geometric"``, e.g. 6 or 8 rates per decade) the next rates at the
+   ladder's own spacing, otherwise x3 or /3 of the edge.
+
+Harness: by default every learning rate and seed an optimizer still needs on a task is trained
+together in one compiled program (:func:`avggrad.sweep.sweep`: vmapped runs, scanned steps);
+``--one-at-a-time`` trains them one by one with :func:`avggrad.training.train` (the same
+curves, see ``tests/test_sweep.py``). A task or grid may set ``"scan": false`` (one compiled
+call per step, all runs together) where a scan is slower, as for convolutions on CPU.
+Per-run step times are not measured by a sweep; wall-clock to target uses the interleaved
+single-step times of ``benchmarks/overheads.py``.
 
 Results go to ``benchmarks/results/<grid name>/runs.jsonl`` (one line per run: task,
 optimizer, learning rate, seed, config, per-step losses, evaluations, time per step). A run
@@ -47,7 +57,7 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
-from avggrad import data, metrics, training
+from avggrad import data, metrics, sweep, training
 from benchmarks import experimental  # noqa: F401  (registers the research optimizers)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -129,21 +139,19 @@ def _round(values: Iterable[float]) -> list[float]:
   return [float(f"{v:.5g}") if math.isfinite(v) else v for v in values]
 
 
-def load_splits(config: training.TrainConfig) -> tuple[data.Dataset, data.Dataset]:
-  """The training and test splits a configuration names."""
-  kwargs = dict(data_dir=config.data_dir, limit=config.limit, vocab_size=config.vocab_size,
-                max_len=config.max_len)
-  return data.load(config.dataset, "train", **kwargs), data.load(config.dataset, "test", **kwargs)
+load_splits = training.load_splits
 
 
 class Runner:
   """Runs jobs of one grid, appending records and caching loaded datasets."""
 
   def __init__(self, grid_path: str, grid: dict[str, Any], out: str, *,
-               progress: bool = False, data_dir: Optional[str] = None):
+               progress: bool = False, data_dir: Optional[str] = None,
+               batched: bool = True):
     self.grid_path, self.grid, self.out = grid_path, grid, out
     self.progress = progress
     self.data_dir = data_dir
+    self.batched = batched
     self.done = {_key(r["task"], r["optimizer"], r["lr"], r["seed"]): r
                  for r in read_results(out)}
     self._datasets: dict[tuple, tuple[data.Dataset, data.Dataset]] = {}
@@ -154,36 +162,79 @@ class Runner:
       self._datasets[key] = load_splits(config)
     return self._datasets[key]
 
-  def run(self, task: dict[str, Any], label: str, lr: float, seed: int) -> Optional[dict]:
-    key = _key(task["name"], label, lr, seed)
-    if key in self.done:
-      return self.done[key]
+  def config(self, task: dict[str, Any], label: str) -> training.TrainConfig:
+    """The task's configuration with the optimizer ``label`` (and the runner's data dir)."""
     config = dataclasses.replace(task_config(self.grid, task),
-                                 optimizer=self.grid["optimizers"][label], lr=float(lr),
-                                 seed=int(seed))
+                                 optimizer=self.grid["optimizers"][label])
     if self.data_dir and not config.data_dir and config.dataset != data.EMBEDDED:
       config = dataclasses.replace(config, data_dir=self.data_dir)
-    train_data, test_data = self.datasets(config)
-    start = time.perf_counter()
-    result = training.train(config, train_data=train_data, test_data=test_data,
-                            progress=self.progress)
+    return config
+
+  def _record(self, task: dict[str, Any], label: str, lr: float, seed: int,
+              config: training.TrainConfig, result: training.RunResult,
+              wall_seconds: float) -> dict[str, Any]:
+    key = _key(task["name"], label, lr, seed)
     record = {
         "task": task["name"], "optimizer": label, "spec": config.optimizer, "lr": key[2],
-        "seed": int(seed), "config": dataclasses.asdict(config) | {"data_dir": None},
+        "seed": int(seed),
+        "config": dataclasses.asdict(config) | {"data_dir": None, "lr": float(lr),
+                                                "seed": int(seed)},
         "status": result.status, "losses": _round(result.losses), "evals": result.evals,
         "test_loss": result.test_loss, "test_accuracy": result.test_accuracy,
         "seconds_per_step": result.seconds_per_step,
         "compile_seconds": result.compile_seconds,
-        "wall_seconds": time.perf_counter() - start,
+        "batched_runs": result.batched_runs,
+        "wall_seconds": wall_seconds,
     }
     with open(self.out, "a") as f:
       f.write(json.dumps(record) + "\n")
     self.done[key] = record
-    final = final_loss(record)
+    return record
+
+  def run(self, task: dict[str, Any], label: str, lr: float, seed: int) -> Optional[dict]:
+    """Trains one run (unless its record exists) and records it."""
+    key = _key(task["name"], label, lr, seed)
+    if key in self.done:
+      return self.done[key]
+    config = dataclasses.replace(self.config(task, label), lr=float(lr), seed=int(seed))
+    train_data, test_data = self.datasets(config)
+    start = time.perf_counter()
+    result = training.train(config, train_data=train_data, test_data=test_data,
+                            progress=self.progress)
+    record = self._record(task, label, lr, seed, config, result,
+                          time.perf_counter() - start)
     print(f"[{task['name']}] {label} lr={lr:g} seed={seed}: {result.status}, final loss "
-          f"{final:.4f}, {1e3 * result.seconds_per_step:.2f} ms/step "
+          f"{final_loss(record):.4f}, {1e3 * result.seconds_per_step:.2f} ms/step "
           f"({record['wall_seconds']:.0f}s)", flush=True)
     return record
+
+  def run_lrs(self, task: dict[str, Any], label: str, lrs: Iterable[float]) -> None:
+    """Trains every seed at every learning rate of ``lrs`` that is not recorded yet: in one
+    sweep (the default) or one run at a time."""
+    seeds = [int(s) for s in self.grid["seeds"]]
+    missing = [float(lr) for lr in lrs
+               if any(_key(task["name"], label, lr, s) not in self.done for s in seeds)]
+    if not missing:
+      return
+    if not self.batched:
+      for lr in missing:
+        for seed in seeds:
+          self.run(task, label, lr, seed)
+      return
+    config = self.config(task, label)
+    train_data, test_data = self.datasets(config)
+    scan = bool(task.get("scan", self.grid.get("scan", True)))
+    start = time.perf_counter()
+    results = sweep.sweep(config, missing, seeds, train_data=train_data, test_data=test_data,
+                          progress=self.progress, scan=scan)
+    wall = time.perf_counter() - start
+    for (lr, seed), result in results.items():
+      if _key(task["name"], label, lr, seed) not in self.done:
+        self._record(task, label, lr, seed, config, result, wall / len(results))
+    finals = {lr: float(np.median([final_loss(self.done[_key(task["name"], label, lr, s)])
+                                   for s in seeds])) for lr in missing}
+    print(f"[{task['name']}] {label}: {len(results)} runs in {wall:.0f}s; median final loss "
+          + ", ".join(f"{lr:.3g}: {f:.4f}" for lr, f in finals.items()), flush=True)
 
   def records(self, task: dict[str, Any], label: str) -> dict[float, list[dict]]:
     by_lr: dict[float, list[dict]] = {}
@@ -204,26 +255,42 @@ class Runner:
       return None
     return min(scores, key=lambda lr: (scores[lr], lr))
 
+  def lrs(self, task: dict[str, Any], label: str) -> list[float]:
+    """The learning rates an optimizer starts from on a task: the task's ``lrs`` for that
+    optimizer (``{"label": [...]}``) or for all, else the grid's."""
+    lrs = task.get("lrs", self.grid["lrs"])
+    if isinstance(lrs, dict):
+      lrs = lrs.get(label, lrs.get("*", self.grid["lrs"]))
+    return [float(lr) for lr in lrs]
+
   def run_optimizer(self, task: dict[str, Any], label: str) -> None:
-    lrs = [float(lr) for lr in task.get("lrs", self.grid["lrs"])]
-    for lr in lrs:
-      for seed in self.grid["seeds"]:
-        self.run(task, label, lr, seed)
+    lrs = self.lrs(task, label)
+    self.run_lrs(task, label, lrs)
     max_ext = int(self.grid.get("max_extensions", 2))
+    geometric = self.grid.get("ladder") == "geometric" and len(lrs) > 1
+    ratio = (max(lrs) / min(lrs)) ** (1 / (len(lrs) - 1)) if geometric else None
     for _ in range(2 * max_ext):
       ran = sorted(self.records(task, label))
       best = self.best_lr(task, label)
       if best is None or len(ran) < 2:
         return
-      if best == ran[0] and sum(lr < min(lrs) for lr in ran) < max_ext:
-        new = best / 3.0 if f"{best:.0e}".startswith("1") else best / (10 / 3)
-      elif best == ran[-1] and sum(lr > max(lrs) for lr in ran) < max_ext:
-        new = best * 3.0 if f"{best:.0e}".startswith("1") else best * (10 / 3)
+      below = sum(lr < min(lrs) for lr in ran)
+      above = sum(lr > max(lrs) for lr in ran)
+      if best == ran[0] and below < max_ext:
+        if geometric:
+          new = [float(f"{best / ratio ** k:.3g}") for k in range(1, max_ext - below + 1)]
+        else:
+          new = [best / 3.0 if f"{best:.0e}".startswith("1") else best / (10 / 3)]
+      elif best == ran[-1] and above < max_ext:
+        if geometric:
+          new = [float(f"{best * ratio ** k:.3g}") for k in range(1, max_ext - above + 1)]
+        else:
+          new = [best * 3.0 if f"{best:.0e}".startswith("1") else best * (10 / 3)]
       else:
         return
-      new = float(f"{new:.1g}")
-      for seed in self.grid["seeds"]:
-        self.run(task, label, new, seed)
+      if not geometric:
+        new = [float(f"{new[0]:.1g}")]
+      self.run_lrs(task, label, new)
 
   def set_target(self, task: dict[str, Any]) -> Optional[float]:
     """Computes the task's target from its baselines and writes it into the grid file."""
@@ -285,6 +352,8 @@ def main(argv: Optional[list[str]] = None) -> None:
                       help="folder with the datasets' original files (default "
                            "$AVGGRAD_DATA_DIR)")
   parser.add_argument("--progress", action="store_true")
+  parser.add_argument("--one-at-a-time", action="store_true",
+                      help="train runs one by one instead of one sweep per optimizer")
   args = parser.parse_args(argv)
   path = QUICK_GRID if args.quick else args.grid
   if path is None:
@@ -296,7 +365,8 @@ def main(argv: Optional[list[str]] = None) -> None:
   out = results_path(grid, args.results_dir)
   if n > 1:
     out = out.replace("runs.jsonl", f"runs.shard{i}of{n}.jsonl")
-  runner = Runner(path, grid, out, progress=args.progress, data_dir=args.data_dir)
+  runner = Runner(path, grid, out, progress=args.progress, data_dir=args.data_dir,
+                  batched=not args.one_at_a_time)
   start = time.perf_counter()
   for index, task in enumerate(grid["tasks"]):
     if not fnmatch.fnmatch(task["name"], args.tasks) or index % n != i:

@@ -4,6 +4,7 @@ Training is replaced by synthetic loss curves whose shape is known in closed for
 figure the runner and the report produce can be checked against an independent computation.
 """
 
+import dataclasses
 import json
 import math
 import types
@@ -41,8 +42,10 @@ def make_grid(tmp_path, target=None, dataset="fashion_mnist_small"):
   return str(path)
 
 
-@pytest.fixture
-def fake_training(monkeypatch):
+@pytest.fixture(params=["sweep", "one-at-a-time"])
+def fake_training(monkeypatch, request):
+  """Replaces training by the synthetic curves, through the sweep harness (the runner's
+  default) or one run at a time; ``calls`` lists every (optimizer, lr, seed) trained."""
   calls = []
 
   def train(config, **kwargs):
@@ -50,10 +53,23 @@ def fake_training(monkeypatch):
     calls.append((label, config.lr, config.seed))
     return types.SimpleNamespace(
         status="ok", losses=synthetic_losses(label, config.lr, config.seed), evals=[],
-        test_loss=0.0, test_accuracy=0.5, seconds_per_step=1e-3, compile_seconds=0.0)
+        test_loss=0.0, test_accuracy=0.5, seconds_per_step=1e-3, compile_seconds=0.0,
+        batched_runs=1)
+
+  def sweep(config, lrs, seeds, **kwargs):
+    return {(lr, s): train(dataclasses.replace(config, lr=lr, seed=s)) for lr in lrs
+            for s in seeds}
 
   monkeypatch.setattr(run_lib.training, "train", train)
+  monkeypatch.setattr(run_lib.sweep, "sweep", sweep)
   monkeypatch.setattr(run_lib.Runner, "datasets", lambda self, config: (None, None))
+  if request.param == "one-at-a-time":
+    init = run_lib.Runner.__init__
+
+    def one_at_a_time(self, *args, **kwargs):
+      init(self, *args, **(kwargs | {"batched": False}))
+
+    monkeypatch.setattr(run_lib.Runner, "__init__", one_at_a_time)
   return calls
 
 

@@ -372,3 +372,90 @@ def test_non_finite_average_falls_back_to_the_point_gradient():
   assert bool(jnp.all(jnp.isfinite(updates)))
   np.testing.assert_allclose(updates[0], g[0])
   np.testing.assert_allclose(updates[1], g[1])  # a zero step: the average is the gradient
+
+
+def _batch_problem(n=48, seed=0):
+  """A tanh MLP whose loss takes the minibatch: ``loss(params, batch)``."""
+  params = helpers.mlp_params(jax.random.PRNGKey(seed), [5, 16, 16, 3])
+  x = jax.random.normal(jax.random.PRNGKey(1), (n, 5))
+  y = jax.random.randint(jax.random.PRNGKey(2), (n,), 0, 3)
+
+  def loss(p, batch):
+    xb, yb = batch
+    logits = helpers.mlp_apply(p, xb, jnp.tanh)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+
+  return params, loss, (x, y)
+
+
+def test_far_batch_fraction_takes_the_far_end_on_the_first_examples():
+  params, loss, batch = _batch_problem()
+  lr, span = 0.05, 4.0
+  inner = optax.sgd(lr)
+  tx = avggrad.average_gradient(inner, estimator="trapezoid", span=span,
+                                far_batch_fraction=0.25)
+  g = jax.grad(loss)(params, batch)
+  updates, _ = tx.update(g, tx.init(params), params, value_fn=loss, batch=batch)
+  # Independently: the far end w - span lr g, on the first 12 of the 48 examples.
+  end = jax.tree.map(lambda p, d: p - span * lr * d, params, g)
+  sub = jax.tree.map(lambda a: a[:12], batch)
+  far = jax.grad(loss)(end, sub)
+  expected = jax.tree.map(lambda a, b: -lr * 0.5 * (a + b), g, far)
+  _tree_close(updates, expected, rtol=1e-6)
+  # The full-batch far end differs: the sub-batch is really used.
+  full = jax.grad(loss)(end, batch)
+  assert helpers.rel_error(far, full) > 1e-2
+  # With the whole batch (fraction 1) it is the ordinary trapezoid rule.
+  tx1 = avggrad.average_gradient(inner, estimator="trapezoid", span=span)
+  updates1, _ = tx1.update(g, tx1.init(params), params, value_fn=loss, batch=batch)
+  _tree_close(updates1, jax.tree.map(lambda a, b: -lr * 0.5 * (a + b), g, full))
+
+
+def test_far_batch_fraction_without_the_batch_warns_and_uses_the_full_loss():
+  params, loss, batch = _batch_problem()
+  closed = lambda p: loss(p, batch)  # the plain call: value_fn(params) only
+  tx = avggrad.adam(1e-2, far_batch_fraction=0.25)
+  full = avggrad.adam(1e-2)
+  g = jax.grad(closed)(params)
+  with pytest.warns(UserWarning, match="far_batch_fraction < 1 needs the minibatch"):
+    updates, _ = tx.update(g, tx.init(params), params, value_fn=closed)
+  expected, _ = full.update(g, full.init(params), params, value_fn=closed)
+  _tree_close(updates, expected, rtol=1e-5)
+
+
+def test_far_dtype_computes_the_far_end_in_lower_precision():
+  params, loss, batch = _batch_problem()
+  g = jax.grad(loss)(params, batch)
+  low = avggrad.adam(1e-2, far_dtype="bfloat16")
+  ref = avggrad.adam(1e-2)
+  u_low, _ = low.update(g, low.init(params), params, value_fn=loss, batch=batch)
+  u_ref, _ = ref.update(g, ref.init(params), params, value_fn=loss, batch=batch)
+  assert all(u.dtype == jnp.float32 for u in jax.tree.leaves(u_low))
+  err = helpers.rel_error(u_low, u_ref)
+  assert 0 < err < 0.05  # bfloat16 rounding, not a different algorithm
+
+
+def test_max_gain_bounds_the_acceleration():
+  g = jnp.array([1.0, -1.0, 1.0, 2.0])
+  gbar = jnp.array([5.0, -1.5, -3.0, 1.0])
+  from avggrad import transforms
+  np.testing.assert_allclose(transforms._accelerate(g, gbar), [5.0, -1.5, 1.0, 2.0])
+  np.testing.assert_allclose(transforms._accelerate(g, gbar, max_gain=2.0), [2.0, -1.5, 1.0, 2.0])
+  # inside the optimizer, under inject_hyperparams
+  tx = optax.inject_hyperparams(avggrad.adam)(learning_rate=1e-2, max_gain=2.0)
+  params, loss = _problem()
+  _, updates, _ = _step(tx, params, tx.init(params), loss)
+  assert all(jnp.all(jnp.isfinite(u)) for u in jax.tree.leaves(updates))
+
+
+@pytest.mark.parametrize("options,message", [
+    (dict(far_batch_fraction=0.5, estimator="factorized"), "need estimator='trapezoid'"),
+    (dict(far_batch_fraction=0.5, update_range="previous"), "update_range='predicted'"),
+    (dict(far_batch_fraction=0.0), r"must be in \(0, 1\]"),
+    (dict(far_batch_fraction=1.5), r"must be in \(0, 1\]"),
+    (dict(far_dtype="int8"), "must be a floating dtype"),
+    (dict(max_gain=2.0, combine="replace"), "max_gain bounds combine='accelerate'"),
+])
+def test_far_end_and_gain_options_reject_bad_combinations(options, message):
+  with pytest.raises(ValueError, match=message):
+    avggrad.adam(1e-3, **options)
