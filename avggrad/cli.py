@@ -1,9 +1,10 @@
 """The ``avggrad`` command: ``avggrad train`` runs one configuration, ``avggrad compare``
-trains the same model with several optimizers and prints iterations to a target loss.
+trains the same model with several optimizers and prints iterations and seconds to a target
+loss.
 
 With no options, ``avggrad compare`` is the main job: a 16-layer plain tanh MLP on the
-Fashion-MNIST subset shipped with the package, same-core RMSProp against AvgGrad-RMSProp, each
-at its best learning rate from one grid.
+Fashion-MNIST subset shipped with the package, same-core RMSProp, AvgGrad-RMSProp, same-core
+Adam and AvgGrad-Adam, each at its best learning rate from one grid.
 """
 
 from __future__ import annotations
@@ -67,14 +68,26 @@ def _add_model_arguments(parser: argparse.ArgumentParser, defaults: training.Tra
                  help="evaluate the training loss/accuracy every N steps")
   t.add_argument("--eval-examples", type=_positive_int, default=d.eval_examples,
                  help="training examples used by the periodic evaluation")
-  t.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+  t.add_argument("--schedule", default=d.schedule, choices=training.SCHEDULES,
+                 help="learning-rate schedule: constant, or linear warmup then cosine decay "
+                      "to 0 at the last step, peaking at the learning rate")
+  t.add_argument("--warmup-fraction", type=float, default=d.warmup_fraction,
+                 help="warmup_cosine: fraction of the steps spent warming up")
+  t.add_argument("--divergence-factor", type=float, default=d.divergence_factor,
+                 help="stop a run (status 'diverged') when its trailing mean loss exceeds this "
+                      "multiple of its initial loss; 0 turns the guard off (default "
+                      f"{d.divergence_factor:g})")
+  t.add_argument("--no-progress", action="store_true",
+                 help="no progress output (default: a bar on a terminal, one line per "
+                      "evaluation when stderr is redirected)")
 
 
 def _optimizer_help() -> str:
   return (f"optimizer spec NAME[:key=value,...], NAME one of {', '.join(training.OPTIMIZERS)} "
           "(rmsprop/adam: avggrad's same-core baselines, eps outside the root); options: span, "
           "estimator, update_range, accumulate, combine, num_points, decay, eps, eps_root, b1, "
-          "b2, momentum. Example: avg-adam:span=8,combine=accelerate")
+          "b2, momentum, far_batch_fraction, far_dtype, max_gain. Example: "
+          "avg-adam:span=8,combine=accelerate")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
   p_cmp = sub.add_parser(
       "compare", help="compare optimizers (the main job with no options)",
       description="Train the same model with several optimizers, each at its best learning "
-                  "rate from one grid, and report iterations to a target training loss.")
+                  "rate from one grid, and report iterations and seconds to a target training "
+                  "loss.")
   _add_model_arguments(p_cmp, compare_defaults)
   p_cmp.add_argument("--optimizers", nargs="+",
                      default=["rmsprop", "avg-rmsprop", "adam", "avg-adam"],
@@ -145,7 +159,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           "ms_per_step": 1e3 * result.seconds_per_step,
       }))
       if result.diverged:
-        print(f"error: the training loss became non-finite ({result.status}); "
+        print(f"error: the training loss became non-finite or exceeded "
+              f"{config.divergence_factor:g}x its initial loss ({result.status}); "
               f"{'the log is in ' + args.out if args.out else 'no log (--out not set)'}",
               file=sys.stderr)
         return 1

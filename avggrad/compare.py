@@ -11,7 +11,15 @@ Protocol (the same for every optimizer, the baseline included):
    best learning rate, after ``target_fraction`` of the budget (median over seeds), unless a
    target is given;
 4. for each optimizer at its best learning rate, the iterations until its smoothed training
-   loss first reaches the target, per seed ("not reached" counts as infinite in the median).
+   loss first reaches the target, per seed ("not reached" counts as infinite in the median;
+   a run stopped by the divergence guard never reaches it);
+5. the time per step of every optimizer, measured in this process with the steps of all
+   optimizers interleaved (:func:`avggrad.timing.step_seconds`), and the seconds to target:
+   iterations x time per step, the figure the benchmark reports compute.
+
+Runs of one optimizer are trained together (:mod:`avggrad.sweep`) on the fully connected
+models and one at a time on the convolutional ones, where batched convolutions are slower on
+CPU; the curves are the same either way.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from avggrad import metrics
+from avggrad import metrics, sweep, timing
 from avggrad.data import Dataset
 from avggrad.training import RunResult, TrainConfig, train
 
@@ -34,6 +42,19 @@ Key = tuple[str, float, int]
 def final_loss(result: RunResult) -> float:
   """:func:`avggrad.metrics.final_loss` of a run."""
   return metrics.final_loss(result.losses, result.diverged)
+
+
+def iterations(result: RunResult, target: float, window: int) -> Optional[int]:
+  """Iterations to ``target``; ``None`` if never reached or if the run diverged."""
+  if result.diverged:
+    return None
+  return metrics.iterations_to_target(result.losses, target, window)
+
+
+def _ratio(a: float, b: float) -> float:
+  if not (math.isfinite(a) and math.isfinite(b)) or b <= 0:
+    return math.nan
+  return a / b
 
 
 @dataclasses.dataclass
@@ -54,6 +75,11 @@ class OptimizerSummary:
   def reached(self) -> int:
     return sum(i is not None for i in self.iterations)
 
+  @property
+  def seconds_to_target(self) -> float:
+    """Median iterations to target x the measured time per step (infinite if not reached)."""
+    return self.median_iterations * self.seconds_per_step
+
 
 @dataclasses.dataclass
 class Comparison:
@@ -67,32 +93,40 @@ class Comparison:
   target_rule: str
   runs: dict[Key, RunResult]
   summaries: list[OptimizerSummary]
+  timing: str = ""
 
   def table(self) -> str:
     """A fixed-width text table of the summaries (ratios against the first optimizer)."""
-    base = self.summaries[0].median_iterations
+    base = self.summaries[0]
     lines = [
         f"target training loss {self.target:.4f} ({self.target_rule}); "
         f"{len(self.seeds)} seed(s), {self.config['steps']} steps, learning rates "
         f"{', '.join(f'{lr:g}' for lr in self.lrs)}",
         "",
         f"{'optimizer':<40} {'best lr':>8} {'iters to target':>16} {'reached':>8} "
-        f"{'x base':>7} {'final loss':>11} {'ms/step':>8}",
+        f"{'x base':>7} {'ms/step':>8} {'s to target':>12} {'x base':>7} {'final loss':>11}",
     ]
+    edges = (min(self.lrs), max(self.lrs))
     for s in self.summaries:
       iters = s.median_iterations
-      ratio = iters / base if math.isfinite(iters) and math.isfinite(base) and base > 0 else math.nan
+      ratio = _ratio(iters, base.median_iterations)
+      seconds = s.seconds_to_target
+      time_ratio = _ratio(seconds, base.seconds_to_target)
       iters_text = "not reached" if math.isinf(iters) else f"{iters:.0f}"
-      ratio_text = "-" if math.isnan(ratio) else f"{ratio:.2f}"
+      seconds_text = "-" if not math.isfinite(seconds) else f"{seconds:.2f}"
       final = float(np.median(s.final_losses))
-      edge = "*" if len(self.lrs) > 1 and s.best_lr in (min(self.lrs), max(self.lrs)) else " "
+      edge = "*" if len(self.lrs) > 1 and s.best_lr in edges else " "
       lines.append(
           f"{s.optimizer:<40} {s.best_lr:7.0e}{edge} {iters_text:>16} "
-          f"{s.reached:>3}/{len(s.iterations):<4} {ratio_text:>7} {final:11.4f} "
-          f"{1e3 * s.seconds_per_step:8.2f}"
+          f"{s.reached:>3}/{len(s.iterations):<4} {_fmt(ratio):>7} "
+          f"{1e3 * s.seconds_per_step:8.2f} {seconds_text:>12} {_fmt(time_ratio):>7} "
+          f"{final:11.4f}"
       )
-    if any(s.best_lr in (min(self.lrs), max(self.lrs)) for s in self.summaries) and len(self.lrs) > 1:
+    if any(s.best_lr in edges for s in self.summaries) and len(self.lrs) > 1:
       lines.append("* best learning rate at the edge of the grid: extend the grid (--lrs)")
+    lines.append(
+        f"ms/step: one training step, all optimizers timed in turns in this process "
+        f"({self.timing}); s to target = iters to target x ms/step")
     return "\n".join(lines)
 
   def to_dict(self) -> dict[str, Any]:
@@ -103,7 +137,9 @@ class Comparison:
         "seeds": self.seeds,
         "target": self.target,
         "target_rule": self.target_rule,
-        "summaries": [dataclasses.asdict(s) | {"median_iterations": s.median_iterations}
+        "timing": self.timing,
+        "summaries": [dataclasses.asdict(s) | {"median_iterations": s.median_iterations,
+                                               "seconds_to_target": s.seconds_to_target}
                       for s in self.summaries],
         "runs": [
             {"optimizer": k[0], "lr": k[1], "seed": k[2]} | r.to_dict()
@@ -112,13 +148,14 @@ class Comparison:
     }
 
   def plot(self, path: str) -> None:
-    """Smoothed training-loss curves at each optimizer's best learning rate (PNG)."""
+    """Smoothed training-loss curves at each optimizer's best learning rate, against
+    iterations and against wall-clock seconds (iterations x measured time per step), PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     window = metrics.default_window(self.config["steps"])
     for s in self.summaries:
       curves = [metrics.smooth(self.runs[(s.optimizer, s.best_lr, seed)].losses, window)
@@ -126,20 +163,27 @@ class Comparison:
       length = min(len(c) for c in curves)
       stack = np.stack([c[:length] for c in curves])
       steps = np.arange(length)
-      line, = ax.plot(steps, np.median(stack, 0), label=f"{s.optimizer} (lr {s.best_lr:g})")
-      if len(curves) > 1:
-        ax.fill_between(steps, stack.min(0), stack.max(0), alpha=0.2, color=line.get_color())
-    ax.axhline(self.target, color="gray", linestyle="--", linewidth=1, label="target")
-    ax.set_yscale("log")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel(f"training loss (smoothed, window {window})")
+      for ax, xs in ((by_step, steps), (by_time, steps * s.seconds_per_step)):
+        line, = ax.plot(xs, np.median(stack, 0), label=f"{s.optimizer} (lr {s.best_lr:g})")
+        if len(curves) > 1:
+          ax.fill_between(xs, stack.min(0), stack.max(0), alpha=0.2, color=line.get_color())
+    for ax in (by_step, by_time):
+      ax.axhline(self.target, color="gray", linestyle="--", linewidth=1, label="target")
+      ax.set_yscale("log")
+    by_step.set_xlabel("iteration")
+    by_time.set_xlabel("seconds (iterations x measured time per step)")
+    by_step.set_ylabel(f"training loss (smoothed, window {window})")
+    by_step.legend(fontsize=8)
     c = self.config
-    ax.set_title(f"{c['dataset']}: {c['model']} depth {c['depth']}, {c['activation']}, "
+    fig.suptitle(f"{c['dataset']}: {c['model']} depth {c['depth']}, {c['activation']}, "
                  f"{c['init']}", fontsize=10)
-    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _fmt(ratio: float) -> str:
+  return "-" if math.isnan(ratio) else f"{ratio:.2f}"
 
 
 def compare(
@@ -153,19 +197,37 @@ def compare(
     train_data: Optional[Dataset] = None,
     test_data: Optional[Dataset] = None,
     progress: bool = True,
+    batched: Optional[bool] = None,
 ) -> Comparison:
-  """Runs the comparison protocol of the module docstring and returns its results."""
+  """Runs the comparison protocol of the module docstring and returns its results.
+
+  ``batched`` trains each optimizer's runs together (default: on the fully connected models,
+  not on the convolutional ones).
+  """
   if not optimizers or not lrs or not seeds:
     raise ValueError("compare needs at least one optimizer, learning rate and seed.")
   if not 0 < target_fraction <= 1:
     raise ValueError(f"target_fraction must be in (0, 1], got {target_fraction}.")
+  if train_data is None or test_data is None:
+    from avggrad.training import load_splits
+
+    loaded = load_splits(base)
+    train_data, test_data = train_data or loaded[0], test_data or loaded[1]
+  if batched is None:
+    batched = base.model in ("mlp", "text-mlp")
   runs: dict[Key, RunResult] = {}
   for spec in optimizers:
+    config = dataclasses.replace(base, optimizer=spec)
+    if batched:
+      results = sweep.sweep(config, [float(lr) for lr in lrs], [int(s) for s in seeds],
+                            train_data=train_data, test_data=test_data, progress=progress)
+      runs.update({(spec, lr, seed): r for (lr, seed), r in results.items()})
+      continue
     for lr in lrs:
       for seed in seeds:
-        config = dataclasses.replace(base, optimizer=spec, lr=float(lr), seed=int(seed))
         runs[(spec, float(lr), int(seed))] = train(
-            config, train_data=train_data, test_data=test_data, progress=progress)
+            dataclasses.replace(config, lr=float(lr), seed=int(seed)), train_data=train_data,
+            test_data=test_data, progress=progress)
 
   def best_lr(spec: str) -> float:
     scores = {lr: float(np.median([final_loss(runs[(spec, float(lr), s)]) for s in seeds]))
@@ -178,28 +240,33 @@ def compare(
     index = min(base.steps, int(round(target_fraction * base.steps))) - 1
     values = []
     for seed in seeds:
-      losses = runs[(optimizers[0], best[optimizers[0]], int(seed))].losses
-      smoothed = metrics.smooth(losses, window)
-      values.append(smoothed[index] if index < len(smoothed) else math.inf)
+      result = runs[(optimizers[0], best[optimizers[0]], int(seed))]
+      smoothed = metrics.smooth(result.losses, window)
+      values.append(smoothed[index] if index < len(smoothed) and not result.diverged
+                    else math.inf)
     target = float(np.median(values))
     rule = (f"{optimizers[0]}'s smoothed loss at {target_fraction:.0%} of the budget, "
             "at its best learning rate")
   else:
     rule = "given"
+  step_times = timing.step_seconds(base, list(optimizers), train_data)
   summaries = []
   for spec in optimizers:
     results = [runs[(spec, best[spec], int(s))] for s in seeds]
     summaries.append(OptimizerSummary(
         optimizer=spec,
         best_lr=best[spec],
-        iterations=[metrics.iterations_to_target(r.losses, target, window) for r in results],
+        iterations=[iterations(r, target, window) for r in results],
         final_losses=[final_loss(r) for r in results],
-        seconds_per_step=float(np.median([r.seconds_per_step for r in results])),
+        seconds_per_step=step_times[spec]["seconds_per_step"],
     ))
+  import jax
+
+  device = jax.devices()[0]
   return Comparison(
       config=dataclasses.asdict(base), optimizers=list(optimizers), lrs=[float(x) for x in lrs],
       seeds=[int(s) for s in seeds], target=target, target_rule=rule, runs=runs,
-      summaries=summaries,
+      summaries=summaries, timing=f"{device.platform}, {device.device_kind}",
   )
 
 

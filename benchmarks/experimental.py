@@ -78,3 +78,37 @@ def _pc_rmsprop(learning_rate, **options) -> optax.GradientTransformationExtraAr
 for _name, _factory in [("pc-adam", _pc_adam), ("pc-rmsprop", _pc_rmsprop)]:
   if _name not in training.OPTIMIZERS:
     training.register_optimizer(_name, _factory)
+
+
+class PreviousGradientState(NamedTuple):
+  inner_state: optax.OptState
+  previous: Any
+
+
+def previous_gradient_control(inner: optax.GradientTransformation, *,
+                              combine: str = "accelerate") -> optax.GradientTransformation:
+  """A zero-cost control for the accelerate-only rule: the "far end" is the previous step's
+  gradient (another minibatch, the previous weights) instead of a gradient at ``w + s
+  Delta``, ``c = combine(g_t, (g_t + g_{t-1}) / 2)``. If it matched the average gradient's
+  gain, that gain would come from the rule's selection of noise, not from the range."""
+  inner = optax.with_extra_args_support(inner)
+  combine_fn = COMBINES[combine]
+
+  def init_fn(params: Any) -> PreviousGradientState:
+    return PreviousGradientState(inner.init(params), jax.tree.map(jnp.zeros_like, params))
+
+  def update_fn(updates: Any, state: PreviousGradientState, params: Any = None, **extra: Any):
+    average = jax.tree.map(lambda g, p: 0.5 * (g + p), updates, state.previous)
+    combined = combine_fn(updates, average)
+    new_updates, inner_state = inner.update(combined, state.inner_state, params, **extra)
+    return new_updates, PreviousGradientState(inner_state, updates)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _prev_adam(learning_rate, **options) -> optax.GradientTransformation:
+  return previous_gradient_control(avggrad.adam_baseline(learning_rate), **options)
+
+
+if "prev-adam" not in training.OPTIMIZERS:
+  training.register_optimizer("prev-adam", _prev_adam)

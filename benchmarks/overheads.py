@@ -23,27 +23,9 @@ import platform
 from typing import Any, Optional
 
 import jax
-import jax.numpy as jnp
-import numpy as np
-from flax import nnx
 
-from avggrad import training
+from avggrad.timing import step_seconds
 from benchmarks import run as run_lib
-from benchmarks.timing import interleaved_seconds, peak_bytes
-
-
-class _Stepper:
-  """Runs ``len(idx)`` steps of a compiled, state-donating step, feeding its state back."""
-
-  def __init__(self, compiled: Any, state: Any, x: jax.Array, y: jax.Array, idx: jax.Array):
-    self.compiled, self.state, self.x, self.y, self.idx = compiled, state, x, y, idx
-
-  def __call__(self) -> list[jax.Array]:
-    losses = []
-    for row in self.idx:
-      self.state, loss = self.compiled(self.state, self.x, self.y, row)
-      losses.append(loss)
-    return losses
 
 
 def measure_task(grid: dict[str, Any], task: dict[str, Any], *, chunk: int = 10,
@@ -54,29 +36,18 @@ def measure_task(grid: dict[str, Any], task: dict[str, Any], *, chunk: int = 10,
     config = dataclasses.replace(config, data_dir=data_dir)
   limit = max(config.batch_size * chunk, 512)
   train_data, _ = run_lib.load_splits(dataclasses.replace(config, limit=limit))
-  x_all, y_all = jnp.asarray(train_data.x), jnp.asarray(train_data.y)
-  idx = list(jnp.asarray(np.arange(chunk * config.batch_size).reshape(
-      chunk, config.batch_size) % len(train_data.y), jnp.int32))
   labels = labels or run_lib.task_optimizers(grid, task)
-  steppers, memory = [], {}
-  for label in labels:
-    tx = training.make_optimizer(grid["optimizers"][label], 1e-4)
-    model = training.make_model(config, train_data, nnx.Rngs(0))
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-    graphdef, state = nnx.split((model, optimizer))
-    step = training.step_fn(graphdef)
-    compiled = jax.jit(step, donate_argnums=0).lower(state, x_all, y_all, idx[0]).compile()
-    steppers.append(_Stepper(compiled, state, x_all, y_all, idx))
-    batch = jnp.arange(config.batch_size, dtype=jnp.int32)
-    memory[label] = peak_bytes(step, nnx.split((model, optimizer))[1],
-                               x_all[: config.batch_size], y_all[: config.batch_size], batch)
-  seconds = interleaved_seconds([(s, ()) for s in steppers], number=number, repeats=repeats)
-  base = dict(zip(labels, seconds)).get("rmsprop", seconds[0])
+  specs = [grid["optimizers"][label] for label in labels]
+  measured = step_seconds(config, specs, train_data, chunk=chunk, number=number,
+                          repeats=repeats, memory=True)
+  seconds = {label: measured[spec]["seconds_per_step"] for label, spec in zip(labels, specs)}
+  memory = {label: measured[spec]["bytes"] for label, spec in zip(labels, specs)}
+  base = seconds.get("rmsprop", next(iter(seconds.values())))
   base_mem = memory.get("rmsprop", next(iter(memory.values())))
   return {
-      label: {"seconds_per_step": t / chunk, "ratio_rmsprop": t / base,
+      label: {"seconds_per_step": seconds[label], "ratio_rmsprop": seconds[label] / base,
               "bytes": memory[label], "memory_ratio_rmsprop": memory[label] / base_mem}
-      for label, t in zip(labels, seconds)
+      for label in labels
   }
 
 

@@ -26,8 +26,9 @@ Protocol, per task:
 Harness: by default every learning rate and seed an optimizer still needs on a task is trained
 together in one compiled program (:func:`avggrad.sweep.sweep`: vmapped runs, scanned steps);
 ``--one-at-a-time`` trains them one by one with :func:`avggrad.training.train` (the same
-curves, see ``tests/test_sweep.py``). A task or grid may set ``"scan": false`` (one compiled
-call per step, all runs together) where a scan is slower, as for convolutions on CPU.
+curves, see ``tests/test_sweep.py``). A task or grid may set ``"batched": false`` to train
+one run at a time where batching is slower: on CPU, vmapped convolutions (one kernel per
+run) ran 2-3x slower than the same runs one by one (``benchmarks/harness_speed.py``).
 Per-run step times are not measured by a sweep; wall-clock to target uses the interleaved
 single-step times of ``benchmarks/overheads.py``.
 
@@ -216,17 +217,16 @@ class Runner:
                if any(_key(task["name"], label, lr, s) not in self.done for s in seeds)]
     if not missing:
       return
-    if not self.batched:
+    if not (self.batched and task.get("batched", self.grid.get("batched", True))):
       for lr in missing:
         for seed in seeds:
           self.run(task, label, lr, seed)
       return
     config = self.config(task, label)
     train_data, test_data = self.datasets(config)
-    scan = bool(task.get("scan", self.grid.get("scan", True)))
     start = time.perf_counter()
     results = sweep.sweep(config, missing, seeds, train_data=train_data, test_data=test_data,
-                          progress=self.progress, scan=scan)
+                          progress=self.progress)
     wall = time.perf_counter() - start
     for (lr, seed), result in results.items():
       if _key(task["name"], label, lr, seed) not in self.done:

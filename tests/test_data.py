@@ -193,3 +193,4 @@ def test_offline_copies():
   imdb_test = data.load("imdb_reviews", "test", data_dir=str(SHARED), limit=500)
   assert imdb_test.x.shape == (500, 256) and imdb_test.vocab_size == 20002
   assert 100 < imdb_test.y.sum() < 400  # shuffled, not ordered by label
+

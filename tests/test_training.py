@@ -111,11 +111,39 @@ def test_cli_compare_end_to_end(tmp_path, capsys):
                    "--no-progress"])
   assert code == 0
   text = capsys.readouterr().out
-  assert "iters to target" in text and "avg-rmsprop" in text
+  assert "iters to target" in text and "avg-rmsprop" in text and "s to target" in text
   for name in ("results.json", "table.txt", "loss_curves.png"):
     assert (out / name).stat().st_size > 0
   results = json.loads((out / "results.json").read_text())
   assert len(results["runs"]) == 4 and results["summaries"][0]["optimizer"] == "rmsprop"
+  for s in results["summaries"]:
+    # seconds to target = median iterations x the interleaved time per step
+    assert s["seconds_per_step"] > 0
+    if s["median_iterations"] is not None and math.isfinite(s["median_iterations"]):
+      assert s["seconds_to_target"] == pytest.approx(s["median_iterations"]
+                                                     * s["seconds_per_step"])
+  # the table prints the same seconds and their ratio to the baseline
+  base, other = results["summaries"]
+  row = next(l for l in text.splitlines() if l.startswith("avg-rmsprop "))
+  if math.isfinite(base["seconds_to_target"]) and math.isfinite(other["seconds_to_target"]):
+    assert f"{other['seconds_to_target'] / base['seconds_to_target']:.2f}" in row.split()
+  # two panels: loss against iterations and against seconds
+  from matplotlib import image
+  height, width = image.imread(str(out / "loss_curves.png")).shape[:2]
+  assert width > 2 * height
+
+
+def test_redirected_progress_is_a_few_plain_lines(tmp_path):
+  argv = [sys.executable, "-m", "avggrad", "train", "--limit", "300", "--depth", "2", "--width",
+          "16", "--steps", "30", "--eval-every", "10", "--batch-size", "32", "--optimizer",
+          "adam", "--lr", "1e-3"]
+  result = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  assert "\r" not in result.stderr
+  lines = [l for l in result.stderr.splitlines() if l.startswith("adam lr=0.001: step")]
+  assert [l.split()[3] for l in lines] == ["10/30", "20/30", "30/30"]
+  quiet = subprocess.run(argv + ["--no-progress"], capture_output=True, text=True, timeout=300)
+  assert "step" not in quiet.stderr
 
 
 @pytest.mark.parametrize(

@@ -122,7 +122,7 @@ def read_reviews_tfds() -> dict[str, tuple[list[str], np.ndarray]]:
   result = {}
   for split in ("train", "test"):
     texts, labels = load_arrays("imdb_reviews", split)
-    result[split] = ([t.decode("utf-8") for t in texts], labels.astype(np.int32))
+    result[split] = ([str(t) for t in texts], labels.astype(np.int32))
   return result
 
 
