@@ -8,7 +8,7 @@ change a step really causes. This package provides its estimators
 """
 
 from avggrad.aliases import adam, adam_baseline, rmsprop, rmsprop_baseline
-from avggrad.estimators import ESTIMATORS, value_and_average_grad
+from avggrad.estimators import ESTIMATORS, coverage, value_and_average_grad
 from avggrad.transforms import (
     ACCUMULATORS,
     COMBINES,
@@ -37,6 +37,7 @@ __all__ = [
     "adam",
     "adam_baseline",
     "average_gradient",
+    "coverage",
     "rmsprop",
     "rmsprop_baseline",
     "scale_by_adam",

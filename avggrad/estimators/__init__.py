@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from avggrad.estimators import factorized, quadrature, trapezoid
+from avggrad.estimators.factorized import Coverage, coverage
 
 ESTIMATORS: tuple[str, ...] = ("factorized", "quadrature", "trapezoid")
 
@@ -172,4 +173,4 @@ def value_and_average_grad(
   return value_and_average_grad_fn
 
 
-__all__ = ["ESTIMATORS", "check_estimator", "value_and_average_grad"]
+__all__ = ["ESTIMATORS", "Coverage", "check_estimator", "coverage", "value_and_average_grad"]

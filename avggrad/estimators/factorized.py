@@ -35,6 +35,7 @@ Cost: two forward passes and one backward pass, about one forward pass more than
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Callable, Optional, Sequence
 
@@ -217,6 +218,29 @@ def _backward(tape: list[Node], seed: Slot) -> None:
       slot.ct = ct if slot.ct is None else slot.ct + ct
 
 
+def _record(
+    fun: Callable[..., Any], params: Any, delta: Any, args: Sequence[Any],
+    kwargs: dict[str, Any],
+) -> tuple[_Interpreter, list[Slot], list[Slot], Any, Any, list[Any]]:
+  """Traces ``fun`` and evaluates it at both ends; the tape and the input/output slots."""
+  leaves, treedef = jax.tree.flatten(params)
+  delta_leaves = treedef.flatten_up_to(delta)
+
+  def flat_fun(*xs: Any) -> Any:
+    return fun(jax.tree.unflatten(treedef, xs), *args, **kwargs)
+
+  closed, out_shape = jax.make_jaxpr(flat_fun, return_shape=True)(*leaves)
+  out_tree = jax.tree.structure(out_shape)
+  ends = [
+      (p + d).astype(jnp.result_type(p)) for p, d in zip(leaves, delta_leaves)
+  ]
+  interpreter = _Interpreter()
+  in_slots = [Slot(p0, p1, True) for p0, p1 in zip(leaves, ends)]
+  const_slots = [Slot(c, c, False) for c in closed.consts]
+  out_slots = interpreter.run(closed.jaxpr, const_slots, in_slots)
+  return interpreter, in_slots, out_slots, out_tree, treedef, leaves
+
+
 def value_and_average_grad(
     fun: Callable[..., Any],
     params: Any,
@@ -239,21 +263,9 @@ def value_and_average_grad(
   Returns:
     ``(output, average_grad)`` where ``output`` is ``fun(params, ...)``.
   """
-  leaves, treedef = jax.tree.flatten(params)
-  delta_leaves = treedef.flatten_up_to(delta)
-
-  def flat_fun(*xs: Any) -> Any:
-    return fun(jax.tree.unflatten(treedef, xs), *args, **kwargs)
-
-  closed, out_shape = jax.make_jaxpr(flat_fun, return_shape=True)(*leaves)
-  out_tree = jax.tree.structure(out_shape)
-  ends = [
-      (p + d).astype(jnp.result_type(p)) for p, d in zip(leaves, delta_leaves)
-  ]
-  interpreter = _Interpreter()
-  in_slots = [Slot(p0, p1, True) for p0, p1 in zip(leaves, ends)]
-  const_slots = [Slot(c, c, False) for c in closed.consts]
-  out_slots = interpreter.run(closed.jaxpr, const_slots, in_slots)
+  del has_aux  # the loss is the first output either way
+  interpreter, in_slots, out_slots, out_tree, treedef, leaves = _record(
+      fun, params, delta, args, kwargs)
   output = jax.tree.unflatten(out_tree, [s.v0 for s in out_slots])
   _backward(interpreter.tape, out_slots[0])
   grads = [
@@ -261,3 +273,79 @@ def value_and_average_grad(
       for s, p in zip(in_slots, leaves)
   ]
   return output, jax.tree.unflatten(treedef, grads)
+
+
+@dataclasses.dataclass
+class Coverage:
+  """Which rule of the factorized estimator handled each primitive of a loss.
+
+  Attributes:
+    rows: ``(primitive, rule, count, exact)`` for every pair of primitive and rule met, in
+      the order first met (see :func:`avggrad.estimators.rules.describe`).
+  """
+
+  rows: list[tuple[str, str, int, bool]]
+
+  @property
+  def fallbacks(self) -> list[str]:
+    """Primitives averaged by an approximate rule (the midpoint fallback and the others
+    :func:`~avggrad.estimators.rules.describe` marks inexact)."""
+    return sorted({p for p, _, _, exact in self.rows if not exact})
+
+  @property
+  def exact(self) -> bool:
+    r"""Whether every rule is exact, so that :math:`\hat g\cdot\Delta = L(w+\Delta) -
+    L(w)`."""
+    return all(exact for *_, exact in self.rows)
+
+  def __str__(self) -> str:
+    width = max([len(p) for p, *_ in self.rows] + [9])
+    lines = [f"{'primitive':<{width}}  {'count':>5}  rule"]
+    for primitive, rule, count, exact in self.rows:
+      lines.append(f"{primitive:<{width}}  {count:>5}  {rule}{'' if exact else '  (approximate)'}")
+    verdict = ("every rule is exact: the estimate reproduces the loss change"
+               if self.exact else f"approximate rules for: {', '.join(self.fallbacks)}")
+    return "\n".join(lines + [verdict])
+
+
+def _on_gradient_path(tape: list[Node], seed: Slot) -> list[Node]:
+  """The recorded nodes that pass a cotangent from ``seed`` back to the parameters (in tape
+  order), as :func:`_backward` would visit them."""
+  needed = {id(seed)}
+  path = []
+  for node in reversed(tape):
+    if not any(id(s) in needed for s in node.outs):
+      continue
+    path.append(node)
+    needed.update(id(s) for s in node.ins if s.differentiable)
+  return path[::-1]
+
+
+def coverage(fun: Callable[..., Any], params: Any, delta: Any, *args: Any,
+             **kwargs: Any) -> Coverage:
+  """Lists, for a loss and a step, which rule averaged each primitive and which fell back.
+
+  Runs the factorized estimator's forward recording of ``fun(params, *args, **kwargs)`` at
+  ``params`` and ``params + delta`` (no backward pass) and groups the recorded operations by
+  primitive and rule. Only operations on the gradient's path are listed: those whose inputs
+  do not change along the step are evaluated once, and those that only feed a
+  ``stop_gradient`` (the max-shift of ``logsumexp`` and ``softmax``) carry no cotangent.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from avggrad.estimators import coverage
+    >>> x = jnp.ones((4, 3))
+    >>> f = lambda w: jnp.sum(jnp.tanh(x @ w) ** 2)
+    >>> report = coverage(f, jnp.ones((3, 2)), 0.1 * jnp.ones((3, 2)))
+    >>> report.exact, report.fallbacks
+    (True, [])
+    >>> [row[:2] for row in report.rows]
+    [('dot_general', 'linear'), ('tanh', 'secant (tanh)'), ('integer_pow', 'secant (integer_pow)'), ('reduce_sum', 'linear')]
+  """
+  interpreter, _, out_slots, *_ = _record(fun, params, delta, args, kwargs)
+  counts: dict[tuple[str, str, bool], int] = {}
+  for node in _on_gradient_path(interpreter.tape, out_slots[0]):
+    label, exact = rules.describe(node)
+    key = (node.eqn.primitive.name, label, exact)
+    counts[key] = counts.get(key, 0) + 1
+  return Coverage([(p, label, n, exact) for (p, label, exact), n in counts.items()])

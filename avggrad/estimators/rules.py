@@ -165,10 +165,27 @@ def _single_varying(node: Node) -> int:
 
 
 def _sum_to_shape(x: Array, shape: tuple[int, ...]) -> Array:
-  """Sums a broadcast cotangent back to an operand's shape (equal shapes or a scalar)."""
-  if x.shape == tuple(shape):
+  """Sums a broadcast cotangent back to an operand's shape.
+
+  The operand was broadcast to the output's shape: by rank (a scalar, or leading axes added)
+  or, as jaxprs allow for elementwise operations of equal rank, along axes where the operand
+  has size 1 (``x - max(x, axis=-1, keepdims=True)`` in a softmax). The cotangent is summed
+  over exactly those axes.
+  """
+  shape = tuple(shape)
+  if x.shape == shape:
     return x
-  return jnp.sum(x).reshape(shape)
+  lead = x.ndim - len(shape)
+  if lead < 0:
+    raise ValueError(f"cannot sum a cotangent of shape {x.shape} to the larger {shape}.")
+  if lead:
+    x = jnp.sum(x, axis=tuple(range(lead)))
+  axes = tuple(i for i, (a, b) in enumerate(zip(x.shape, shape)) if b == 1 and a != 1)
+  if axes:
+    x = jnp.sum(x, axis=axes, keepdims=True)
+  if x.shape != shape:
+    raise ValueError(f"cannot sum a cotangent of shape {x.shape} to {shape}.")
+  return x
 
 
 def _derivative_fn(node: Node, index: int) -> Callable[[Array], Array]:
@@ -231,6 +248,11 @@ def generic_unary(node: Node, cotangents: list[Any]) -> list[Optional[Array]]:
 
 def _integer_pow(node: Node, cotangents: list[Any]) -> list[Optional[Array]]:
   return _apply_secant(node, cotangents, secants.integer_pow(int(node.eqn.params["y"])), 0)
+
+
+def _abs(node: Node, cotangents: list[Any]) -> list[Optional[Array]]:
+  """``abs``: the secant of a piecewise-linear function (exact, kink included)."""
+  return _apply_secant(node, cotangents, secants.piecewise_linear, 0, with_derivative=True)
 
 
 def _max_min(is_max: bool) -> Rule:
@@ -385,9 +407,7 @@ RULES: dict[str, Rule] = {
     "rsqrt": unary(secants.rsqrt),
     "square": unary(secants.square),
     "integer_pow": _integer_pow,
-    "abs": lambda node, cts: _apply_secant(
-        node, cts, secants.piecewise_linear, 0, with_derivative=True
-    ),
+    "abs": _abs,
     "max": _max_min(is_max=True),
     "min": _max_min(is_max=False),
     "clamp": _clamp,
@@ -440,3 +460,36 @@ def lookup(node: Node) -> Rule:
   ):
     return generic_unary
   return midpoint
+
+
+def describe(node: Node) -> tuple[str, bool]:
+  r"""How a recorded node is averaged: ``(rule name, exact)``.
+
+  ``exact`` is whether the rule's averaged Jacobian, applied to the node's actual input
+  change, gives its actual output change (linear and multilinear operations, secants,
+  piecewise-linear splits, zero-derivative operations). When every node of a loss is exact,
+  the factorized estimate reproduces the loss change, :math:`\hat g\cdot\Delta =
+  L(w + \Delta) - L(w)`. The approximate ones: the midpoint fallback for other operations
+  (control flow, custom derivatives, unregistered primitives), ``select_n`` with a predicate
+  that changes over the step, and max/min selections whose winner changes (exact only when
+  no third input takes the lead).
+  """
+  rule = node.rule
+  name = node.eqn.primitive.name
+  if rule is zero:
+    return "zero derivative", True
+  if rule is linear:
+    return "linear", True
+  if rule is midpoint:
+    if name in MULTILINEAR:
+      return "midpoint (multilinear)", True
+    return "midpoint fallback", False
+  if rule is _select_n:
+    return ("select by fraction", False) if node.ins[0].varying else ("linear", True)
+  if rule is _selection:
+    return "switch time", False
+  if rule is _clamp and (node.ins[0].varying or node.ins[2].varying):
+    return "midpoint fallback", False
+  label = getattr(rule, "__name__", "custom")
+  label = label.removeprefix("unary_").lstrip("_")
+  return f"secant ({label})", True
