@@ -98,6 +98,21 @@ def _check_choice(name: str, value: str, choices: Any) -> None:
     )
 
 
+def _check_whole_params(params: Params, who: str) -> None:
+  """Raises when ``params`` is a masked part of the parameters (``optax.masked``,
+  ``optax.multi_transform``): the loss can only be evaluated on all of them."""
+  is_masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
+  if any(is_masked(x) for x in jax.tree.leaves(params, is_leaf=is_masked)):
+    raise ValueError(
+        f"{who} cannot run inside optax.masked or optax.multi_transform: it evaluates the "
+        "loss at other parameters, which needs all of them, and those wrappers hand it only "
+        "part. Wrap the other way round: avggrad.average_gradient(optax.multi_transform("
+        "{...}, labels), ...) for per-group optimizers, or put the mask inside the wrapped "
+        "chain (e.g. optax.add_decayed_weights(wd, mask=...)) for masked weight decay; see "
+        "the guide's 'Optax compositions'."
+    )
+
+
 def _require(params: Optional[Params], value_fn: Optional[Callable[..., Any]], who: str):
   """Raises a clear error when ``params`` or ``value_fn`` was not given to ``update``."""
   if params is None:
@@ -278,6 +293,7 @@ def scale_by_average_gradient(
   combine_fn = COMBINES[combine]
 
   def init_fn(params: Params) -> ScaleByAverageGradientState:
+    _check_whole_params(params, "scale_by_average_gradient")
     # A copy, not the same buffers: a train step that donates its state must not donate one
     # buffer twice.
     return ScaleByAverageGradientState(prev_params=jax.tree.map(jnp.copy, params))
@@ -455,6 +471,7 @@ def average_gradient(
   )
 
   def init_fn(params: Params) -> AverageGradientState:
+    _check_whole_params(params, "avggrad.average_gradient (and avggrad.adam, avggrad.rmsprop)")
     inner_state = inner.init(params)
     if accumulate == "point" and not _has_second_moment_input(inner_state):
       raise ValueError(

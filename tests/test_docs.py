@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import pathlib
 import re
 import subprocess
@@ -24,10 +26,14 @@ def test_sphinx_builds_without_warnings(tmp_path):
   assert (tmp_path / "html" / "api.html").exists()
 
 
-def test_guide_code_runs():
+def test_guide_code_runs_and_prints_what_the_guide_shows():
   text = (DOCS / "guide.md").read_text()
   blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
   assert len(blocks) >= 3
   namespace: dict = {}
+  printed = io.StringIO()
   for block in blocks:
-    exec(compile(block, "guide.md", "exec"), namespace)  # noqa: S102
+    with contextlib.redirect_stdout(printed):
+      exec(compile(block, "guide.md", "exec"), namespace)  # noqa: S102
+  shown = re.findall(r"```text\n(.*?)```", text, flags=re.S)
+  assert shown and all(out.strip() in printed.getvalue() for out in shown)

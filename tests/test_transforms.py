@@ -459,3 +459,16 @@ def test_max_gain_bounds_the_acceleration():
 def test_far_end_and_gain_options_reject_bad_combinations(options, message):
   with pytest.raises(ValueError, match=message):
     avggrad.adam(1e-3, **options)
+
+
+@pytest.mark.parametrize("wrap", [
+    lambda tx: optax.masked(tx, {"w": True, "b": False}),
+    lambda tx: optax.multi_transform({"a": tx, "b": optax.sgd(1e-3)}, {"w": "a", "b": "b"}),
+])
+@pytest.mark.parametrize("make", [lambda: avggrad.adam(1e-3), lambda: avggrad.rmsprop(1e-3),
+                                  lambda: optax.chain(avggrad.scale_by_average_gradient(),
+                                                      optax.scale_by_adam())])
+def test_inside_out_compositions_fail_at_init_naming_the_working_one(wrap, make):
+  params = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}
+  with pytest.raises(ValueError, match=r"Wrap the other way round: avggrad.average_gradient"):
+    wrap(make()).init(params)
