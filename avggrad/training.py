@@ -42,6 +42,60 @@ from avggrad.models import CNN, MLP, TextModel
 
 MODELS: tuple[str, ...] = ("mlp", "cnn", "text-mlp", "text-conv")
 
+def _with_objective(tx: optax.GradientTransformation, name: str) -> Callable[..., Any]:
+  """Adapts an Optax transformation that needs the loss under another name: ``obj_fn``
+  (params -> loss, Sophia) or ``grad_fn`` ((params, i) -> gradient, SAM's opaque mode), built
+  from the ``value_fn`` and ``batch`` every optimizer receives here."""
+
+  def update_fn(updates: Any, state: Any, params: Any = None, *, value_fn: Any = None,
+                batch: Any = None, **extra_args: Any) -> Any:
+    del extra_args
+    if value_fn is None:
+      raise TypeError(f"{name} needs value_fn (and batch) in update.")
+    loss = (lambda p: value_fn(p, batch)) if batch is not None else value_fn
+    if name == "sophia":
+      return tx.update(updates, state, params, obj_fn=loss)
+    return tx.update(updates, state, params, grad_fn=lambda p, _: jax.grad(loss)(p))
+
+  return optax.GradientTransformationExtraArgs(tx.init, update_fn)
+
+
+def _sophia(learning_rate: optax.ScalarOrSchedule, **options: Any) -> Any:
+  return _with_objective(optax.contrib.sophia(learning_rate, **options), "sophia")
+
+
+def _sam(learning_rate: optax.ScalarOrSchedule, rho: float = 0.05, **options: Any) -> Any:
+  """SAM (opaque mode) around Adam: one adversarial step of size ``rho`` along the normalised
+  gradient, then Adam on the gradient there; two gradients a step, as the average gradient."""
+  adversary = optax.chain(optax.contrib.normalize(), optax.sgd(rho))
+  return _with_objective(
+      optax.contrib.sam(optax.adam(learning_rate, **options), adversary, opaque_mode=True),
+      "sam")
+
+
+def _muon(learning_rate: optax.ScalarOrSchedule, **options: Any) -> Any:
+  """Optax's Muon with ``consistent_rms=0.2``: updates sized like AdamW's, so one learning
+  rate serves its Newton-Schulz (matrices) and Adam (vectors) parts."""
+  return optax.contrib.muon(learning_rate, **({"consistent_rms": 0.2} | options))
+
+
+def _schedule_free_adamw(learning_rate: optax.ScalarOrSchedule, **options: Any) -> Any:
+  return optax.contrib.schedule_free_adamw(learning_rate, **options)
+
+
+def _averaged(inner: Callable[..., optax.GradientTransformation]) -> Callable[..., Any]:
+  """``inner`` fed the average gradient as ``avggrad.adam`` is (trapezoid, accelerate-only,
+  span 8, the far end on ``far_batch_fraction`` of the batch when given)."""
+
+  def factory(learning_rate: optax.ScalarOrSchedule, *, span: float = 8.0,
+              far_batch_fraction: Optional[float] = None, **options: Any) -> Any:
+    return avggrad.average_gradient(
+        inner(learning_rate, **options), estimator="trapezoid", span=span,
+        combine="accelerate", far_batch_fraction=far_batch_fraction)
+
+  return factory
+
+
 _OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
     "rmsprop": avggrad.rmsprop_baseline,
     "avg-rmsprop": avggrad.rmsprop,
@@ -50,6 +104,20 @@ _OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
     "optax-rmsprop": optax.rmsprop,
     "optax-adam": optax.adam,
     "sgd": optax.sgd,
+    # Peers users would pick instead (Optax's own implementations):
+    "adamw": optax.adamw,
+    "nadam": optax.nadam,
+    "lion": optax.lion,
+    "adopt": optax.contrib.adopt,
+    "muon": _muon,
+    "sophia": _sophia,
+    "sam": _sam,
+    "schedule-free-adamw": _schedule_free_adamw,
+    # ... and some of them fed the average gradient:
+    "avg-adamw": _averaged(optax.adamw),
+    "avg-nadam": _averaged(optax.nadam),
+    "avg-lion": _averaged(optax.lion),
+    "avg-muon": _averaged(_muon),
 }
 OPTIMIZERS: tuple[str, ...] = tuple(_OPTIMIZERS)
 _BUILTIN: frozenset[str] = frozenset(_OPTIMIZERS)
@@ -65,7 +133,7 @@ def register_optimizer(name: str, factory: Callable[..., optax.GradientTransform
   OPTIMIZERS = tuple(_OPTIMIZERS)
 
 _FLOAT_OPTIONS = {"span", "decay", "eps", "eps_root", "b1", "b2", "momentum", "initial_scale",
-                  "far_batch_fraction", "max_gain", "weight_decay", "rho"}
+                  "far_batch_fraction", "max_gain", "weight_decay", "rho", "gamma"}
 _INT_OPTIONS = {"num_points", "probes"}
 _STR_OPTIONS = {"estimator", "update_range", "accumulate", "combine", "far_dtype"}
 SCHEDULES: tuple[str, ...] = ("constant", "warmup_cosine")

@@ -169,3 +169,19 @@ def test_python_dash_m_help():
   result = subprocess.run([sys.executable, "-m", "avggrad", "compare", "--help"],
                           capture_output=True, text=True, timeout=120)
   assert result.returncode == 0 and "--target-fraction" in result.stdout
+
+
+@pytest.mark.parametrize("spec", [name for name in training.OPTIMIZERS
+                                  if name not in ("optax-rmsprop", "optax-adam")])
+def test_every_registered_optimizer_trains_and_is_batched_alike(spec, splits):
+  """Each optimizer of the registry (peers included) trains a tiny model, one run at a time
+  and in a sweep, with the same first losses."""
+  from avggrad import sweep
+
+  config = training.TrainConfig(optimizer=spec, lr=1e-3, depth=2, width=8, steps=6,
+                                batch_size=16, eval_every=3, eval_examples=64)
+  single = training.train(config, train_data=splits[0], test_data=splits[1], progress=False)
+  assert single.status == "ok" and all(math.isfinite(v) for v in single.losses)
+  batched = sweep.sweep(config, [1e-3], [0], train_data=splits[0], test_data=splits[1],
+                        progress=False)[(1e-3, 0)]
+  np.testing.assert_allclose(batched.losses, single.losses, rtol=1e-4)
