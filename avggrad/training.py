@@ -38,9 +38,12 @@ import avggrad
 from avggrad import data as data_lib
 from avggrad import metrics
 from avggrad.progress import Progress
-from avggrad.models import CNN, MLP, TextModel
+from avggrad.models import CNN, MLP, ResNet, TextModel, TransformerLM
 
-MODELS: tuple[str, ...] = ("mlp", "cnn", "text-mlp", "text-conv")
+MODELS: tuple[str, ...] = ("mlp", "cnn", "resnet", "text-mlp", "text-conv", "text-lm")
+"""``mlp``, ``cnn``, ``text-mlp``, ``text-conv``: the plain deep networks of the paper's kind;
+``resnet`` (residual CNN with GroupNorm) and ``text-lm`` (a causal transformer language model
+on the IMDb text: next-token prediction) are of the kind users train today."""
 
 def _with_objective(tx: optax.GradientTransformation, name: str) -> Callable[..., Any]:
   """Adapts an Optax transformation that needs the loss under another name: ``obj_fn``
@@ -226,6 +229,7 @@ class TrainConfig:
   vocab_size: int = 20000
   max_len: int = 256
   embed_dim: int = 64
+  heads: int = 4
   schedule: str = "constant"
   warmup_fraction: float = 0.05
   divergence_factor: float = metrics.DEFAULT_DIVERGENCE_FACTOR
@@ -303,11 +307,16 @@ class RunResult:
 
 
 def load_splits(config: TrainConfig) -> tuple[data_lib.Dataset, data_lib.Dataset]:
-  """The training and test splits a configuration names."""
+  """The training and test splits a configuration names. For ``text-lm`` the examples are
+  next-token pairs: inputs ``tokens[:, :-1]``, targets ``tokens[:, 1:]``."""
   kwargs = dict(data_dir=config.data_dir, limit=config.limit, vocab_size=config.vocab_size,
                 max_len=config.max_len)
-  return (data_lib.load(config.dataset, "train", **kwargs),
-          data_lib.load(config.dataset, "test", **kwargs))
+  splits = (data_lib.load(config.dataset, "train", **kwargs),
+            data_lib.load(config.dataset, "test", **kwargs))
+  if config.model == "text-lm":
+    splits = tuple(dataclasses.replace(s, x=s.x[:, :-1], y=s.x[:, 1:].astype(np.int32),
+                                       num_classes=s.vocab_size) for s in splits)
+  return splits
 
 
 def learning_rate(config: TrainConfig, lr: Any = None) -> optax.ScalarOrSchedule:
@@ -333,6 +342,13 @@ def make_model(config: TrainConfig, train: data_lib.Dataset, rngs: nnx.Rngs) -> 
     return CNN(train.x.shape[1:], train.num_classes, depth=config.depth,
                channels=config.channels, kernel_size=config.kernel_size,
                pooling=config.pooling, **common)
+  if config.model == "resnet":
+    return ResNet(train.x.shape[1:], train.num_classes, depth=config.depth,
+                  channels=config.channels, **common)
+  if config.model == "text-lm":
+    return TransformerLM(train.vocab_size, train.x.shape[1], dim=config.embed_dim,
+                         depth=config.depth, heads=config.heads,
+                         activation=config.activation, rngs=rngs)
   kind = config.model.split("-", 1)[1]
   return TextModel(train.vocab_size, train.num_classes, kind=kind, embed_dim=config.embed_dim,
                    depth=config.depth, width=config.width, kernel_size=config.kernel_size,
@@ -420,7 +436,8 @@ def evaluate_in_batches(evaluate: Callable, state: Any, x: np.ndarray, y: np.nda
     loss, hits = evaluate(state, x[start : start + batch], y[start : start + batch])
     total = total + np.asarray(loss, np.float64)
     correct = correct + np.asarray(hits, np.int64)
-  total, correct = total / len(y), correct / len(y)
+  count = np.size(y)  # examples, or tokens for a language model
+  total, correct = total / count, correct / count
   if np.ndim(total) == 0:
     return float(total), float(correct)
   return total, correct
