@@ -67,8 +67,8 @@ def summarize_task(grid: dict[str, Any], task: dict[str, Any],
               for lr, rs in complete.items()}
     best = min(scores, key=lambda lr: (scores[lr], lr))
     runs = sorted(complete[best], key=lambda r: r["seed"])
-    iters = [metrics.iterations_to_target(r["losses"], target, window) if target else None
-             for r in runs]
+    iters = [metrics.iterations_to_target(r["losses"], target, window)
+             if target and r["status"] == "ok" else None for r in runs]
     finals = [run_lib.final_loss(r) for r in runs]
     sps = float(np.median([r["seconds_per_step"] for r in runs]))
     out["optimizers"][label] = {
@@ -139,10 +139,13 @@ def add_wall_clock(task: str, summary: dict, overheads: Optional[dict]) -> None:
 
 def _step_seconds(task: str, label: str, summary: dict, overheads: Optional[dict]) -> float:
   """Seconds per step for wall-clock figures: the interleaved overhead measurement when one
-  exists for this task (baseline step time times ratio), else the runs' own median."""
+  exists for this task, else the runs' own median when they were trained one at a time
+  (runs trained together in a sweep have no step time of their own: NaN)."""
   measured = (overheads or {}).get("tasks", {}).get(task, {}).get(label)
   if measured:
     return measured["seconds_per_step"]
+  if any(r.get("batched_runs", 1) > 1 for r in summary.get("runs", [])):
+    return math.nan
   return summary["seconds_per_step"]
 
 

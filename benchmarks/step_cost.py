@@ -9,7 +9,8 @@ inputs), the time and compiled memory of
 
 all measured in this one process, interleaved, as medians. Usage::
 
-  python -m benchmarks.step_cost [--depth 16] [--width 128] [--activation tanh] [--json out]
+  python -m benchmarks.step_cost [--depth 16] [--width 128] [--batch 128] [--json out]
+      [--optimizers far_end point ...] [--no-estimators]
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ def main(argv: Any = None) -> dict[str, Any]:
   parser.add_argument("--number", type=int, default=20)
   parser.add_argument("--repeats", type=int, default=7)
   parser.add_argument("--json", help="also write the figures to this JSON file")
+  parser.add_argument("--optimizers", nargs="*", default=None,
+                      help="time only the train steps whose names contain one of these")
+  parser.add_argument("--no-estimators", action="store_true",
+                      help="skip the estimator table")
   args = parser.parse_args(argv)
 
   model = MLP(784, 10, depth=args.depth, width=args.width, activation=args.activation,
@@ -85,12 +90,17 @@ def main(argv: Any = None) -> dict[str, Any]:
     estimators[f"{name}" + (" (3 nodes)" if name == "quadrature" else "")] = (
         jax.jit(fn), (params, delta)
     )
+  if args.no_estimators:
+    estimators = {}
   est_times = interleaved_seconds(list(estimators.values()), number=args.number,
-                                  repeats=args.repeats)
+                                  repeats=args.repeats) if estimators else []
   est_mem = [peak_bytes(fn, *a) for fn, a in estimators.values()]
 
   steps = {}
-  for name, tx in optimizers().items():
+  chosen = {n: tx for n, tx in optimizers().items()
+            if not args.optimizers or n in ("rmsprop_baseline", "adam_baseline", "optax.adam")
+            or any(k in n for k in args.optimizers)}
+  for name, tx in chosen.items():
     tx = optax.with_extra_args_support(tx)
 
     def step(p, s, x, y, tx=tx):
@@ -107,10 +117,11 @@ def main(argv: Any = None) -> dict[str, Any]:
             f"{args.batch}; {device.platform} ({getattr(device, 'device_kind', '')}), "
             f"{platform.processor() or platform.machine()}")
   print(header)
-  print(f"\n{'estimator':<40} {'ms':>8} {'x vg':>7} {'MiB':>8} {'x vg':>7}")
-  base_t, base_m = est_times[0], est_mem[0]
-  for (name, _), t, m in zip(estimators.items(), est_times, est_mem):
-    print(f"{name:<40} {1e3 * t:8.2f} {t / base_t:7.2f} {m / 2**20:8.2f} {m / base_m:7.2f}")
+  if estimators:
+    print(f"\n{'estimator':<40} {'ms':>8} {'x vg':>7} {'MiB':>8} {'x vg':>7}")
+    base_t, base_m = est_times[0], est_mem[0]
+    for (name, _), t, m in zip(estimators.items(), est_times, est_mem):
+      print(f"{name:<40} {1e3 * t:8.2f} {t / base_t:7.2f} {m / 2**20:8.2f} {m / base_m:7.2f}")
   print(f"\n{'train step':<44} {'ms':>8} {'x rms':>7} {'x adam':>7} {'x optax.adam':>13} "
         f"{'MiB':>8} {'x rms':>7}")
   base_t, base_m = step_times[0], step_mem[0]
