@@ -23,11 +23,15 @@ Nested jaxprs (``jit``, ``checkpoint``, ``closed_call``) are inlined. ``custom_j
 that act elementwise on one input (``relu``, ``softplus``, ``elu``...) are averaged as one
 elementwise function with their own derivative; other ``custom_jvp``/``custom_vjp`` calls and
 control flow (``scan``, ``cond``) use the Jacobian at the midpoint of their inputs.
-``stop_gradient`` values are held at their value at ``params`` along the whole step, which is
-exact for the max-shift of ``logsumexp``/``softmax`` and keeps every later secant consistent;
-an element that moves by more than :func:`hold_limit` over the step takes its own value at the
-far end instead (holding a ``logsumexp`` shift that far could overflow ``exp``), with a zero
-tangent either way.
+``stop_gradient`` values carry no tangent. A *stability shift*, the ``stop_gradient`` of a
+max or min reduction (``logsumexp``, ``softmax`` and the cross-entropy losses built on them),
+is held at its value at ``params`` along the whole step: the shift cancels mathematically, and
+holding it keeps every later secant consistent, so the loss change is reproduced exactly; an
+element that moves by more than :func:`hold_limit` over the step takes its own value at the
+far end instead (holding a shift that far could overflow ``exp``). Any other ``stop_gradient``
+value (a target, a scale, a detached statistic) moves with the step as JAX's gradient sees it
+along the path: holding such a value would average the gradient of a different function, an
+error of first order in the step.
 
 Cost: two forward passes and one backward pass, about one forward pass more than
 ``jax.value_and_grad``; memory: the intermediates of both ends.
@@ -51,6 +55,14 @@ def hold_limit(dtype: Any) -> float:
   at ``params``: half the log of the dtype's largest number (44 in float32 and bfloat16, 5.5 in
   float16), so that ``exp`` of a held ``logsumexp`` shift cannot overflow at the far end."""
   return 0.5 * math.log(float(jnp.finfo(dtype).max))
+
+# A stability shift starts at a max/min reduction and passes through these unchanged in kind
+# (the -inf guard ``max(-inf, m)``, broadcasts and reshapes, ``where(isfinite(m), m, 0)``).
+_SHIFT_SOURCES = frozenset({"reduce_max", "reduce_min"})
+_SHIFT_CARRIERS = frozenset({
+    "max", "min", "broadcast_in_dim", "reshape", "squeeze", "expand_dims", "select_n",
+    "convert_element_type", "copy", "copy_p",
+})
 
 # Call-like primitives whose body is interpreted in place.
 _INLINE_CALLS = {
@@ -157,6 +169,8 @@ class _Interpreter:
       (x,) = ins
       if not x.differentiable:
         return [Slot(x.v0, x.v1, True)]  # an integer value: it has no tangent anyway
+      if not x.shift:
+        return [Slot(x.v0, x.v1, True, no_tangent=True)]
       limit = hold_limit(jnp.result_type(x.v0))
       held = jnp.where(jnp.abs(x.v1 - x.v0) <= limit, x.v0, x.v1)
       return [Slot(x.v0, held, True, no_tangent=True)]
@@ -170,7 +184,9 @@ class _Interpreter:
       rule = None
     outs0 = rules.bind(eqn, [s.v0 for s in ins])
     outs1 = rules.bind(eqn, [s.v1 for s in ins])
-    outs = [Slot(a, b, True) for a, b in zip(outs0, outs1)]
+    shift = name in _SHIFT_SOURCES or (
+        name in _SHIFT_CARRIERS and any(s.shift for s in ins if s.varying))
+    outs = [Slot(a, b, True, shift=shift) for a, b in zip(outs0, outs1)]
     node = Node(eqn, ins, outs)
     node.rule = rule if rule is not None else rules.lookup(node)
     self.tape.append(node)

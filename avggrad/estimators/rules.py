@@ -54,6 +54,8 @@ class Slot:
     varying: whether the value may differ between the two ends.
     ct: the cotangent accumulated in the backward pass (``None`` until one arrives).
     no_tangent: the value moves but carries no tangent (a ``stop_gradient`` output).
+    shift: the value comes from a max or min reduction through shape-only and guard
+      operations: a ``stop_gradient`` of it is a stability shift, held along the step.
   """
 
   v0: Any
@@ -61,6 +63,7 @@ class Slot:
   varying: bool
   ct: Any = None
   no_tangent: bool = False
+  shift: bool = False  # derived from a max/min reduction only (a stability shift)
 
   @property
   def differentiable(self) -> bool:
