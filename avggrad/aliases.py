@@ -242,7 +242,7 @@ def adam(
     span: jax.typing.ArrayLike = 8.0,
     accumulate: str = "average",
     combine: str = "accelerate",
-    far_batch_fraction: Optional[float] = None,
+    far_batch_fraction: Optional[float | str] = "auto",
     far_dtype: Optional[str] = None,
     max_gain: Optional[jax.typing.ArrayLike] = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -267,19 +267,22 @@ def adam(
   (:math:`\bar g_i` where it has the sign of :math:`g_i` and a larger magnitude), and a span
   :math:`s > 1` lets the average see curvature over several steps' distance.
 
-  **Defaults, from the benchmarks** (``benchmarks/results/main/REPORT.md`` and
-  ``benchmarks/results/deep/REPORT.md``; 3 seeds, each optimizer at its own best learning rate
-  from the same ladder): ``combine="accelerate", span=8`` is the variant that beat Adam on
-  iterations to target on deep plain tanh MLPs (the span sweep on a 16-layer net: span 1, 2,
-  4 gave 1.0, 0.89, 0.89x Adam's iterations, span 8 and 16 0.62x). With the trapezoid
-  estimator (the point gradient and one gradient at the far end) it needed 0.60-1.00x Adam's
-  iterations on all nine deep tasks (median 0.72x) and 0.66-1.00x on the shallow ones. The
-  factorized estimator was slightly better on the 16-layer tanh MLPs (0.62 vs 0.72x) but broke
-  down elsewhere (ELU: 1.21x, 64 layers: 1.20x, IMDb: 1.35x, CNNs: target not reached), because
-  accelerate-only keeps exactly the coordinates an estimator inflates and a product of
-  averaged Jacobians can exceed every gradient on the path; hence the trapezoid default. Each
-  step costs about two of Adam's (1.5-2.6x measured), so it was slower than Adam in wall-clock
-  on every task; it draws level in iterations on IMDb and the CNNs of Fashion-MNIST.
+  **Defaults, from the benchmarks** (``benchmarks/results/fine/REPORT.md``: 8 deep and 4
+  shallow tasks, a fine learning-rate ladder of 6 rates per decade, 3 seeds, each optimizer at
+  its own best rate): ``combine="accelerate", span=8`` with the trapezoid estimator (the point
+  gradient and one gradient at the far end of 8 predicted steps) needed 0.56-0.79x Adam's
+  iterations on the deep tasks (tanh MLPs of 16-64 layers, a 20-layer ELU MLP, 8-layer relu
+  CNNs, an 8-layer IMDb text MLP). The factorized estimator broke down inside
+  accelerate-only (accelerate-only keeps exactly the coordinates an estimator inflates, and a
+  product of averaged Jacobians can exceed every gradient on the path). Feeding the second
+  moment the point gradient (``accumulate="point"``) helped on one 16-layer MLP and lost
+  elsewhere. A step costs about 2.1x an Adam step on CPU, so the full-batch far end was
+  *slower* than Adam to the target on every task in wall-clock. Hence
+  ``far_batch_fraction="auto"``: when ``update`` receives ``batch`` (and ``value_fn`` takes
+  it), the far end is evaluated on a quarter of the minibatch, which keeps 0.70-0.79x Adam's
+  iterations on six of the eight deep tasks (1.01x on IMDb), for 1.25-1.6x an Adam step; without
+  ``batch`` the whole minibatch is used. On these CPUs that comes to about Adam's wall-clock on
+  small models and 0.9x on wider ones; it is not the 0.8x we were after (see the README).
 
   Args:
     learning_rate: :math:`\eta`, a scalar or a schedule.
@@ -295,7 +298,8 @@ def adam(
     combine: ``"accelerate"`` or ``"replace"`` (see :func:`avggrad.average_gradient`).
     far_batch_fraction: take the far-end gradient on this fraction of the minibatch
       (trapezoid estimator; needs ``batch=`` in ``update``, see
-      :func:`avggrad.average_gradient`).
+      :func:`avggrad.average_gradient`). ``"auto"``: a quarter when ``update`` receives
+      ``batch``, else the whole minibatch; ``None``: always the whole minibatch.
     far_dtype: compute the far-end gradient in this dtype (trapezoid estimator).
     max_gain: bound :math:`|\bar g_i| \le \text{max\_gain}\,|g_i|` (accelerate only).
 

@@ -316,9 +316,27 @@ def scale_by_average_gradient(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+AUTO_FAR_BATCH_FRACTION = 0.25
+"""The part of the minibatch the far end uses under ``far_batch_fraction="auto"``."""
+
+
+def _batch_available(value_fn: Callable[..., Any], extra_args: dict[str, Any]) -> bool:
+  """Whether ``update`` received a ``batch`` that ``value_fn`` takes and that can be cut."""
+  return ("batch" in _value_fn_argnames(value_fn)
+          and _far_batch(extra_args, AUTO_FAR_BATCH_FRACTION) is not None)
+
+
 def _check_far_end(fraction: Any, dtype: Optional[str], estimator: str,
-                   update_range: str) -> bool:
-  """Validates the far-end options; whether the far end is taken apart from the point."""
+                   update_range: str) -> tuple[bool, bool]:
+  """Validates the far-end options: ``(unpaired, auto)``, whether the far end is taken apart
+  from the point gradient, and whether on a sub-batch only when ``update`` gets the batch."""
+  if isinstance(fraction, str):
+    if fraction != "auto":
+      raise ValueError(f"far_batch_fraction must be a number or 'auto', got {fraction!r}.")
+    auto = estimator == "trapezoid" and update_range == "predicted" and dtype is None
+    if auto:
+      return False, True
+    fraction = None  # the estimator evaluates the whole range: no far end of its own
   if fraction is None:
     fraction = 1.0
   if isinstance(fraction, jax.core.Tracer) or not isinstance(fraction, (int, float)):
@@ -343,7 +361,7 @@ def _check_far_end(fraction: Any, dtype: Optional[str], estimator: str,
         f"update_range='predicted'; got estimator={estimator!r}, "
         f"update_range={update_range!r}."
     )
-  return unpaired
+  return unpaired, False
 
 
 class AverageGradientState(NamedTuple):
@@ -420,8 +438,10 @@ def average_gradient(
       the extra cost of a step to that fraction of a gradient. It needs the minibatch: pass
       ``batch=`` (any pytree of arrays with the examples on the leading axis) to ``update``
       and a ``value_fn(params, batch)``; without them the far end uses the full ``value_fn``
-      (with a warning). ``None`` (the default) is the whole minibatch. A static Python
-      number in ``(0, 1]``: under ``optax.inject_hyperparams`` name it in ``static_args``.
+      (with a warning). ``None`` (the default) is the whole minibatch; ``"auto"`` is
+      :data:`AUTO_FAR_BATCH_FRACTION` of it when ``update`` receives ``batch`` (and the whole
+      loss, silently, when it does not). A static Python number in ``(0, 1]``: under
+      ``optax.inject_hyperparams`` name it in ``static_args``.
     far_dtype: with the ``"trapezoid"`` estimator, compute the far-end gradient in this
       dtype (e.g. ``"bfloat16"``), casting the parameters and the floating leaves of
       ``batch``; the result is cast back to the parameters' dtypes.
@@ -458,7 +478,7 @@ def average_gradient(
   _check_choice("update_range", update_range, RANGES)
   _check_choice("accumulate", accumulate, ACCUMULATORS)
   _check_choice("combine", combine, COMBINES)
-  unpaired = _check_far_end(far_batch_fraction, far_dtype, estimator, update_range)
+  unpaired, auto = _check_far_end(far_batch_fraction, far_dtype, estimator, update_range)
   if max_gain is not None and combine != "accelerate":
     raise ValueError(f"max_gain bounds combine='accelerate'; got combine={combine!r}.")
   inner = optax.with_extra_args_support(inner)
@@ -498,7 +518,11 @@ def average_gradient(
           point, state.inner_state, params, value_fn=value_fn, **extra_args
       )
       delta = _scale_tree(predicted, span)
-      if unpaired:
+      if auto and _batch_available(value_fn, extra_args):
+        far = _far_end_gradient(value_fn, extra_args, params, delta,
+                                fraction=AUTO_FAR_BATCH_FRACTION, dtype=None)
+        avg = jax.tree.map(lambda g, f: (0.5 * (g + f)).astype(g.dtype), point, far)
+      elif unpaired:
         far = _far_end_gradient(value_fn, extra_args, params, delta,
                                 fraction=far_batch_fraction or 1.0, dtype=far_dtype)
         avg = jax.tree.map(lambda g, f: (0.5 * (g + f)).astype(g.dtype), point, far)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -176,7 +177,7 @@ def test_eps_placement_matters_for_tiny_gradients():
               combine="accelerate")),
         (avggrad.adam, avggrad.adam_baseline,
          dict(estimator="trapezoid", update_range="predicted", span=8.0, accumulate="average",
-              combine="accelerate")),
+              combine="accelerate", far_batch_fraction="auto")),
     ],
 )
 def test_alias_defaults_are_the_documented_ones(alias, baseline, options):
@@ -472,3 +473,25 @@ def test_inside_out_compositions_fail_at_init_naming_the_working_one(wrap, make)
   params = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}
   with pytest.raises(ValueError, match=r"Wrap the other way round: avggrad.average_gradient"):
     wrap(make()).init(params)
+
+
+def test_auto_far_batch_is_a_quarter_with_the_batch_and_the_whole_loss_without():
+  params, loss, batch = _batch_problem()
+  g = jax.grad(loss)(params, batch)
+
+  def update(tx, **kwargs):
+    return tx.update(g, tx.init(params), params, **kwargs)[0]
+
+  with_batch = update(avggrad.adam(1e-2), value_fn=loss, batch=batch)
+  quarter = update(avggrad.adam(1e-2, far_batch_fraction=0.25), value_fn=loss, batch=batch)
+  _tree_close(with_batch, quarter, rtol=1e-6)
+  closed = lambda p: loss(p, batch)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # the default warns about nothing
+    without = update(avggrad.adam(1e-2), value_fn=closed)
+  whole = update(avggrad.adam(1e-2, far_batch_fraction=None), value_fn=closed)
+  _tree_close(without, whole, rtol=1e-6)
+  assert helpers.rel_error(with_batch, without) > 1e-6  # (a first Adam step is ~ lr sign(g))
+  # with an estimator that evaluates the whole range, "auto" is simply the whole batch
+  fact = update(avggrad.adam(1e-2, estimator="factorized"), value_fn=loss, batch=batch)
+  assert all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(fact))
