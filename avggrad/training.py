@@ -163,7 +163,9 @@ def parse_optimizer(spec: str) -> tuple[str, dict[str, Any]]:
     if not sep:
       raise ValueError(f"Optimizer option {item!r} in {spec!r} is not of the form key=value.")
     try:
-      if key in _FLOAT_OPTIONS:
+      if key == "far_batch_fraction" and value.strip() == "auto":
+        options[key] = "auto"
+      elif key in _FLOAT_OPTIONS:
         options[key] = float(value)
       elif key in _INT_OPTIONS:
         options[key] = int(value)
