@@ -4,9 +4,14 @@ Each cell is the median iterations to the task's target relative to a baseline, 
 wall-clock ratio in brackets (iterations x time per step, from ``overheads.json`` when the
 grid has one, else from the runs' own step times); *n.r.* = not reached by the median seed.
 The figures are those of ``benchmarks.report`` (same selection of each optimizer's best
-learning rate); this only lays them out compactly. Usage::
+learning rate); this only lays them out compactly. ``--columns`` picks the layout: ``main``
+(the first grids), ``fine`` (issues 10 and 11: avggrad.adam's far-end variants against Adam,
+the RMSProp forms against RMSProp and against the better of RMSProp and Adam), ``peers``
+(every optimizer of the grid against tuned Adam). Usage::
 
   python -m benchmarks.headline benchmarks/grids/main.json benchmarks/grids/deep.json
+  python -m benchmarks.headline --columns fine benchmarks/grids/fine.json
+  python -m benchmarks.headline --columns peers benchmarks/grids/peers.json
 """
 
 from __future__ import annotations
@@ -17,14 +22,32 @@ from typing import Any, Optional
 
 from benchmarks import report
 
-# (column title, optimizer label, baseline key) in the order the README shows them.
-COLUMNS: list[tuple[str, str, str]] = [
-    ("Adam vs RMSProp", "adam", "rmsprop"),
-    ("AvgGrad-RMSProp, paper form, vs RMSProp", "avg-rmsprop", "rmsprop"),
-    ("AvgGrad-RMSProp, accelerate x8, vs RMSProp", "avg-rmsprop-acc8", "rmsprop"),
-    ("AvgGrad-Adam (default: accelerate x8, trapezoid) vs Adam", "avg-adam-acc8-trap", "adam"),
-    ("AvgGrad-Adam, accelerate x8, factorized, vs Adam", "avg-adam-acc8", "adam"),
-]
+# (column title, optimizer label, baseline key) in the order the README shows them; the
+# baseline "best" is the better (fewer median iterations) of RMSProp and Adam.
+COLUMN_SETS: dict[str, list[tuple[str, str, str]]] = {
+    "main": [
+        ("Adam vs RMSProp", "adam", "rmsprop"),
+        ("AvgGrad-RMSProp, paper form, vs RMSProp", "avg-rmsprop", "rmsprop"),
+        ("AvgGrad-RMSProp, accelerate x8, vs RMSProp", "avg-rmsprop-acc8", "rmsprop"),
+        ("AvgGrad-Adam, accelerate x8, trapezoid, vs Adam", "avg-adam-acc8-trap", "adam"),
+        ("AvgGrad-Adam, accelerate x8, factorized, vs Adam", "avg-adam-acc8", "adam"),
+    ],
+    "fine": [
+        ("avggrad.adam (far end on 1/4 batch: the default) vs Adam", "avg-adam-q", "adam"),
+        ("far end on the whole batch vs Adam", "avg-adam", "adam"),
+        ("far end on 1/8 batch vs Adam", "avg-adam-e", "adam"),
+        ("whole batch, accumulate=point, vs Adam", "avg-adam-point", "adam"),
+        ("avggrad.rmsprop (factorized, accumulator fed the average) vs RMSProp", "avg-rmsprop",
+         "rmsprop"),
+        ("RMSProp form, accumulate=point, factorized, vs RMSProp", "avg-rmsprop-point",
+         "rmsprop"),
+        ("RMSProp form, accumulate=point, trapezoid, vs RMSProp", "avg-rmsprop-point-trap",
+         "rmsprop"),
+        ("best RMSProp form vs the better of RMSProp and Adam", "best-rmsprop-form", "best"),
+    ],
+}
+COLUMNS = COLUMN_SETS["main"]
+RMSPROP_FORMS = ("avg-rmsprop", "avg-rmsprop-point", "avg-rmsprop-point-trap")
 
 
 def summaries(grid_path: str, results_dir: Optional[str] = None
@@ -35,26 +58,70 @@ def summaries(grid_path: str, results_dir: Optional[str] = None
           for task, summary in report.summarize_tasks(grid, records, overheads)]
 
 
+def _pick(summary: dict[str, Any], label: str) -> Optional[dict[str, Any]]:
+  """An optimizer's figures; ``best-rmsprop-form`` is the RMSProp form with the fewest median
+  iterations on this task (named in the cell)."""
+  if label != "best-rmsprop-form":
+    return summary["optimizers"].get(label)
+  forms = [(summary["optimizers"][k]["median_iterations"], k) for k in RMSPROP_FORMS
+           if k in summary["optimizers"]]
+  if not forms:
+    return None
+  _, name = min(forms)
+  return summary["optimizers"][name] | {"name": name}
+
+
+def _baseline(summary: dict[str, Any], baseline: str) -> Optional[dict[str, Any]]:
+  if baseline != "best":
+    return summary["optimizers"].get(baseline)
+  options = [summary["optimizers"][k] for k in ("rmsprop", "adam") if k in summary["optimizers"]]
+  return min(options, key=lambda o: o["median_iterations"]) if options else None
+
+
 def cell(summary: dict[str, Any], label: str, baseline: str) -> str:
-  s = summary["optimizers"].get(label)
-  if s is None or baseline not in summary["optimizers"]:
+  s = _pick(summary, label)
+  base = _baseline(summary, baseline)
+  if s is None or base is None:
     return ""
-  mine = s["median_iterations"]
-  theirs = summary["optimizers"][baseline]["median_iterations"]
+  mine, theirs = s["median_iterations"], base["median_iterations"]
+  suffix = f" [{s['name']}]" if "name" in s else ""
   if math.isinf(theirs):
-    return "n.r. (both)" if math.isinf(mine) else "reached; baseline n.r."
-  iters = report.fmt_ratio(s[f"ratio_{baseline}"])
-  wall = report.fmt_ratio(s[f"wall_ratio_{baseline}"])
-  return iters if iters in ("n.r.", "-") else f"{iters} ({wall})"
+    return ("n.r. (both)" if math.isinf(mine) else "reached; baseline n.r.") + suffix
+  iters = report.fmt_ratio(report._ratio(mine, theirs))
+  wall = report.fmt_ratio(report._ratio(s.get("wall_seconds", math.nan),
+                                        base.get("wall_seconds", math.nan)))
+  return (iters if iters in ("n.r.", "-") else f"{iters} ({wall})") + suffix
 
 
-def table(grid_paths: list[str], results_dir: Optional[str] = None) -> str:
-  lines = ["| task | seeds | " + " | ".join(c[0] for c in COLUMNS) + " |",
-           "|---|---|" + "---|" * len(COLUMNS)]
+def peers_table(grid_paths: list[str], results_dir: Optional[str] = None) -> str:
+  """Every optimizer against tuned Adam on each task: iterations (wall-clock) ratios."""
+  lines = []
+  for path in grid_paths:
+    for grid, task, summary in summaries(path, results_dir):
+      labels = [k for k in grid["optimizers"] if k in summary["optimizers"] and k != "adam"]
+      adam = summary["optimizers"].get("adam", {})
+      lines += [f"**{task['name']}** (Adam: {report.fmt_iters(adam.get('median_iterations', math.nan))}"
+                " iterations)", "", "| optimizer | iterations vs Adam (wall-clock) | final loss |",
+                "|---|---|---|"]
+      for label in labels:
+        o = summary["optimizers"][label]
+        final = sorted(o["final_losses"])[len(o["final_losses"]) // 2]
+        lines.append(f"| {label} | {cell(summary, label, 'adam')} | {final:.4f} |")
+      lines.append("")
+  return "\n".join(lines)
+
+
+def table(grid_paths: list[str], results_dir: Optional[str] = None,
+          columns: str = "main") -> str:
+  if columns == "peers":
+    return peers_table(grid_paths, results_dir)
+  chosen = COLUMN_SETS[columns]
+  lines = ["| task | seeds | " + " | ".join(c[0] for c in chosen) + " |",
+           "|---|---|" + "---|" * len(chosen)]
   for path in grid_paths:
     for grid, task, summary in summaries(path, results_dir):
       name = task["name"] + (" †" if summary["degenerate"] else "")
-      cells = [cell(summary, label, base) for _, label, base in COLUMNS]
+      cells = [cell(summary, label, base) for _, label, base in chosen]
       lines.append(f"| {name} | {len(grid['seeds'])} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
@@ -62,8 +129,9 @@ def table(grid_paths: list[str], results_dir: Optional[str] = None) -> str:
 def main(argv: Optional[list[str]] = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("grids", nargs="+")
+  parser.add_argument("--columns", default="main", choices=[*COLUMN_SETS, "peers"])
   args = parser.parse_args(argv)
-  print(table(args.grids))
+  print(table(args.grids, columns=args.columns))
 
 
 if __name__ == "__main__":
