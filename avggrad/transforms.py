@@ -327,16 +327,17 @@ def _batch_available(value_fn: Callable[..., Any], extra_args: dict[str, Any]) -
 
 
 def _check_far_end(fraction: Any, dtype: Optional[str], estimator: str,
-                   update_range: str) -> tuple[bool, bool]:
-  """Validates the far-end options: ``(unpaired, auto)``, whether the far end is taken apart
-  from the point gradient, and whether on a sub-batch only when ``update`` gets the batch."""
+                   update_range: str) -> tuple[bool, bool, float]:
+  """Validates the far-end options: ``(unpaired, auto, fraction)``, whether the far end is
+  taken apart from the point gradient, whether on a sub-batch only when ``update`` gets the
+  batch, and the fraction of the batch otherwise."""
+  auto = False
   if isinstance(fraction, str):
     if fraction != "auto":
       raise ValueError(f"far_batch_fraction must be a number or 'auto', got {fraction!r}.")
-    auto = estimator == "trapezoid" and update_range == "predicted" and dtype is None
-    if auto:
-      return False, True
-    fraction = None  # the estimator evaluates the whole range: no far end of its own
+    # Other estimators evaluate the whole range: no far end of their own.
+    auto = estimator == "trapezoid" and update_range == "predicted"
+    fraction = None
   if fraction is None:
     fraction = 1.0
   if isinstance(fraction, jax.core.Tracer) or not isinstance(fraction, (int, float)):
@@ -361,7 +362,7 @@ def _check_far_end(fraction: Any, dtype: Optional[str], estimator: str,
         f"update_range='predicted'; got estimator={estimator!r}, "
         f"update_range={update_range!r}."
     )
-  return unpaired, False
+  return unpaired, auto, float(fraction)
 
 
 class AverageGradientState(NamedTuple):
@@ -478,7 +479,8 @@ def average_gradient(
   _check_choice("update_range", update_range, RANGES)
   _check_choice("accumulate", accumulate, ACCUMULATORS)
   _check_choice("combine", combine, COMBINES)
-  unpaired, auto = _check_far_end(far_batch_fraction, far_dtype, estimator, update_range)
+  unpaired, auto, fraction = _check_far_end(far_batch_fraction, far_dtype, estimator,
+                                            update_range)
   if max_gain is not None and combine != "accelerate":
     raise ValueError(f"max_gain bounds combine='accelerate'; got combine={combine!r}.")
   inner = optax.with_extra_args_support(inner)
@@ -520,11 +522,11 @@ def average_gradient(
       delta = _scale_tree(predicted, span)
       if auto and _batch_available(value_fn, extra_args):
         far = _far_end_gradient(value_fn, extra_args, params, delta,
-                                fraction=AUTO_FAR_BATCH_FRACTION, dtype=None)
+                                fraction=AUTO_FAR_BATCH_FRACTION, dtype=far_dtype)
         avg = jax.tree.map(lambda g, f: (0.5 * (g + f)).astype(g.dtype), point, far)
       elif unpaired:
         far = _far_end_gradient(value_fn, extra_args, params, delta,
-                                fraction=far_batch_fraction or 1.0, dtype=far_dtype)
+                                fraction=fraction, dtype=far_dtype)
         avg = jax.tree.map(lambda g, f: (0.5 * (g + f)).astype(g.dtype), point, far)
       else:
         avg = average(_bind_value_fn(value_fn, extra_args), params, delta)
