@@ -93,21 +93,45 @@ def cell(summary: dict[str, Any], label: str, baseline: str) -> str:
   return (iters if iters in ("n.r.", "-") else f"{iters} ({wall})") + suffix
 
 
-def peers_table(grid_paths: list[str], results_dir: Optional[str] = None) -> str:
-  """Every optimizer against tuned Adam on each task: iterations (wall-clock) ratios."""
+def peers_detail(grid_paths: list[str], results_dir: Optional[str] = None) -> str:
+  """Per task, every optimizer against tuned Adam: iterations (wall-clock) ratios, final
+  training loss and test accuracy at the full budget (medians over seeds)."""
   lines = []
   for path in grid_paths:
     for grid, task, summary in summaries(path, results_dir):
       labels = [k for k in grid["optimizers"] if k in summary["optimizers"] and k != "adam"]
       adam = summary["optimizers"].get("adam", {})
-      lines += [f"**{task['name']}** (Adam: {report.fmt_iters(adam.get('median_iterations', math.nan))}"
-                " iterations)", "", "| optimizer | iterations vs Adam (wall-clock) | final loss |",
-                "|---|---|---|"]
-      for label in labels:
+      lines += [f"**{task['name']}** (Adam: "
+                f"{report.fmt_iters(adam.get('median_iterations', math.nan))} iterations)", "",
+                "| optimizer | iterations vs Adam (wall-clock) | final loss | test accuracy |",
+                "|---|---|---|---|"]
+      for label in ["adam", *labels]:
         o = summary["optimizers"][label]
         final = sorted(o["final_losses"])[len(o["final_losses"]) // 2]
-        lines.append(f"| {label} | {cell(summary, label, 'adam')} | {final:.4f} |")
+        ratio = "1" if label == "adam" else cell(summary, label, "adam")
+        lines.append(f"| {label} | {ratio} | {final:.4f} | {o['test_accuracy']:.3f} |")
       lines.append("")
+  return "\n".join(lines)
+
+
+def peers_table(grid_paths: list[str], results_dir: Optional[str] = None) -> str:
+  """Every optimizer (rows) against tuned Adam on each task (columns): median iterations to
+  the target relative to Adam's, wall-clock ratio in brackets."""
+  found = [(grid, task, summary) for path in grid_paths
+           for grid, task, summary in summaries(path, results_dir)]
+  labels: list[str] = []
+  for grid, _, summary in found:
+    labels += [k for k in grid["optimizers"]
+               if k in summary["optimizers"] and k != "adam" and k not in labels]
+  lines = ["| optimizer | " + " | ".join(task["name"] for _, task, _ in found) + " |",
+           "|---|" + "---|" * len(found),
+           "| Adam: iterations | " + " | ".join(
+               report.fmt_iters(s["optimizers"].get("adam", {}).get("median_iterations",
+                                                                    math.nan))
+               for _, _, s in found) + " |"]
+  for label in labels:
+    lines.append(f"| {label} | " + " | ".join(cell(s, label, "adam") or "not run"
+                                              for _, _, s in found) + " |")
   return "\n".join(lines)
 
 
@@ -115,6 +139,8 @@ def table(grid_paths: list[str], results_dir: Optional[str] = None,
           columns: str = "main") -> str:
   if columns == "peers":
     return peers_table(grid_paths, results_dir)
+  if columns == "peers-detail":
+    return peers_detail(grid_paths, results_dir)
   chosen = COLUMN_SETS[columns]
   lines = ["| task | seeds | " + " | ".join(c[0] for c in chosen) + " |",
            "|---|---|" + "---|" * len(chosen)]
@@ -129,7 +155,7 @@ def table(grid_paths: list[str], results_dir: Optional[str] = None,
 def main(argv: Optional[list[str]] = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("grids", nargs="+")
-  parser.add_argument("--columns", default="main", choices=[*COLUMN_SETS, "peers"])
+  parser.add_argument("--columns", default="main", choices=[*COLUMN_SETS, "peers", "peers-detail"])
   args = parser.parse_args(argv)
   print(table(args.grids, columns=args.columns))
 

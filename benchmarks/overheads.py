@@ -9,7 +9,7 @@ these times for wall-clock to target.
 Usage::
 
   python -m benchmarks.overheads benchmarks/grids/main.json [--tasks PATTERN]
-      [--out benchmarks/results/main/overheads.json]
+      [--optimizers 'adam,avg-*'] [--out benchmarks/results/main/overheads.json]
 """
 
 from __future__ import annotations
@@ -55,6 +55,8 @@ def main(argv: Optional[list[str]] = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("grid")
   parser.add_argument("--tasks", default="*")
+  parser.add_argument("--optimizers", default="*",
+                      help="only optimizers matching one of these comma-separated globs")
   parser.add_argument("--out", default=None, help="default: next to the grid's results")
   parser.add_argument("--data-dir", default=os.environ.get("AVGGRAD_DATA_DIR"))
   parser.add_argument("--chunk", type=int, default=10)
@@ -73,8 +75,10 @@ def main(argv: Optional[list[str]] = None) -> None:
   for task in grid["tasks"]:
     if not fnmatch.fnmatch(task["name"], args.tasks):
       continue
+    labels = [label for label in run_lib.task_optimizers(grid, task)
+              if run_lib.matches(label, args.optimizers)]
     tasks[task["name"]] = measure_task(grid, task, chunk=args.chunk, repeats=args.repeats,
-                                       data_dir=args.data_dir)
+                                       data_dir=args.data_dir, labels=labels)
     print(f"[{task['name']}]")
     for label, m in tasks[task["name"]].items():
       print(f"  {label:24s} {1e3 * m['seconds_per_step']:8.2f} ms/step  x{m['ratio_rmsprop']:.2f}"

@@ -340,12 +340,20 @@ def final_loss(record: dict[str, Any]) -> float:
   return metrics.final_loss(record["losses"], record["status"] != "ok")
 
 
+def matches(label: str, patterns: str) -> bool:
+  """Whether ``label`` matches one of the comma-separated globs in ``patterns``."""
+  return any(fnmatch.fnmatch(label, p.strip()) for p in patterns.split(","))
+
+
 def main(argv: Optional[list[str]] = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("grid", nargs="?", help="grid file (JSON)")
   parser.add_argument("--quick", action="store_true",
                       help=f"run the quick slice ({os.path.relpath(QUICK_GRID)})")
   parser.add_argument("--tasks", default="*", help="only tasks whose name matches this glob")
+  parser.add_argument("--optimizers", default="*",
+                      help="only optimizers matching one of these comma-separated globs "
+                           "(the baselines always run: they set the target)")
   parser.add_argument("--shard", default="0/1", help="i/n: run every n-th task starting at i")
   parser.add_argument("--results-dir", default=None, help="default benchmarks/results/<name>")
   parser.add_argument("--data-dir", default=os.environ.get("AVGGRAD_DATA_DIR"),
@@ -377,7 +385,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         runner.run_optimizer(task, label)
     runner.set_target(task)
     for label in labels:
-      if label not in grid["baselines"]:
+      if label not in grid["baselines"] and matches(label, args.optimizers):
         runner.run_optimizer(task, label)
   print(f"done in {time.perf_counter() - start:.0f}s; results in {out}", file=sys.stderr)
 

@@ -101,6 +101,16 @@ def test_runner_ladder_target_and_resume(tmp_path, fake_training):
   assert len(fake_training) == before
 
 
+def test_runner_optimizer_filter_keeps_the_baselines(tmp_path, fake_training):
+  grid_path = make_grid(tmp_path)
+  run_lib.main([grid_path, "--results-dir", str(tmp_path / "results"), "--optimizers", "x*"])
+  # The filter matches no optimizer, but the baselines still run (they set the target).
+  assert {label for label, _, _ in fake_training} == {"rmsprop", "adam"}
+  run_lib.main([grid_path, "--results-dir", str(tmp_path / "results"),
+                "--optimizers", "x*, avg-*"])
+  assert "avg-rmsprop" in {label for label, _, _ in fake_training}
+
+
 def test_report_figures(tmp_path, fake_training):
   grid_path = make_grid(tmp_path)
   run_lib.main([grid_path, "--results-dir", str(tmp_path / "results")])
@@ -132,6 +142,12 @@ def test_report_figures(tmp_path, fake_training):
   row = headline.table([grid_path], str(tmp_path / "results")).splitlines()[-1]
   adam_vs_rmsprop = f"{iters('adam', 1e-2) / iters('rmsprop', 1e-3):.2f}"
   assert row.startswith("| task | 3 | " + adam_vs_rmsprop)
+  # The peers layout: one row per optimizer, each against Adam.
+  peers = headline.table([grid_path], str(tmp_path / "results"), columns="peers").splitlines()
+  assert peers[0] == "| optimizer | task |"
+  assert peers[2] == f"| Adam: iterations | {iters('adam', 1e-2):.0f} |"
+  rmsprop_vs_adam = f"{iters('rmsprop', 1e-3) / iters('adam', 1e-2):.2f}"
+  assert peers[3].startswith(f"| rmsprop | {rmsprop_vs_adam} (")
 
 
 def test_report_flags_a_target_at_the_uniform_predictors_loss(tmp_path, fake_training):
