@@ -74,7 +74,8 @@ def test_average_gradient_predicted_range_matches_manual_computation(estimator):
 
 def test_previous_range_in_the_alias_matches_the_chain():
   params, loss = _problem()
-  tx = avggrad.rmsprop(0.01, update_range="previous", combine="replace", span=1.0)
+  tx = avggrad.rmsprop(0.01, update_range="previous", combine="replace", span=1.0,
+                       accumulate="average", estimator="factorized")
   chain = optax.chain(avggrad.scale_by_average_gradient(), avggrad.rmsprop_baseline(0.01))
   s1, s2 = tx.init(params), chain.init(params)
   p1, p2 = params, params
@@ -173,7 +174,7 @@ def test_eps_placement_matters_for_tiny_gradients():
     "alias, baseline, options",
     [
         (avggrad.rmsprop, avggrad.rmsprop_baseline,
-         dict(estimator="factorized", update_range="predicted", span=8.0, accumulate="average",
+         dict(estimator="trapezoid", update_range="predicted", span=8.0, accumulate="point",
               combine="accelerate")),
         (avggrad.adam, avggrad.adam_baseline,
          dict(estimator="trapezoid", update_range="predicted", span=8.0, accumulate="average",
@@ -193,7 +194,8 @@ def test_adam_baseline_matches_optax_adam():
     "make",
     [
         lambda: avggrad.rmsprop(3e-3),
-        lambda: avggrad.rmsprop(3e-3, combine="replace", span=1.0),
+        lambda: avggrad.rmsprop(3e-3, combine="replace", span=1.0, accumulate="average",
+                                estimator="factorized"),
         lambda: avggrad.adam(3e-3),
         lambda: avggrad.rmsprop(3e-3, update_range="previous", accumulate="point"),
         lambda: avggrad.adam(3e-3, combine="accelerate", span=4.0),
