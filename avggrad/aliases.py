@@ -284,10 +284,11 @@ def adam(
   elsewhere. A step costs about 2.1x an Adam step on CPU, so the full-batch far end was
   *slower* than Adam to the target on every task in wall-clock. Hence
   ``far_batch_fraction="auto"``: when ``update`` receives ``batch`` (and ``value_fn`` takes
-  it), the far end is evaluated on a quarter of the minibatch, which keeps 0.70-0.79x Adam's
-  iterations on six of the eight deep tasks (1.01x on IMDb), for 1.25-1.6x an Adam step; without
-  ``batch`` the whole minibatch is used. On these CPUs that comes to about Adam's wall-clock on
-  small models and 0.9x on wider ones; it is not the 0.8x we were after (see the README).
+  it), the far end is evaluated on a quarter of the minibatch, which keeps 0.66-0.79x Adam's
+  iterations on seven of the eight deep tasks (median 0.72x; 1.01x on IMDb) for 1.2-1.7x an
+  Adam step; without ``batch`` the whole minibatch is used. On these CPUs that comes to
+  0.86-1.21x Adam's wall-clock (median 1.02x), and 0.83x on a wider MLP (16 x 256, batch 512):
+  not the 0.8x we were after (see the README).
 
   Args:
     learning_rate: :math:`\eta`, a scalar or a schedule.
