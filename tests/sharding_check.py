@@ -95,12 +95,11 @@ def main() -> None:
     out, _ = explicit_step(p0, tx.init(p0), xb, yb)
     for leaf in jax.tree.leaves(out):
       assert leaf.sharding.is_equivalent_to(rep, leaf.ndim), leaf.sharding
-    error = max(
-        float(jnp.max(jnp.abs(a - b)))
-        for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(reference))
-    )
+    error = helpers.rel_error(out, reference)
+  # Relative, as above: one weight's absolute difference can reach 1e-4 where the accelerate
+  # rule's per-coordinate ratio amplifies float32 reassociation of the sharded reductions.
   assert error < 1e-5, error
-  print(f"rmsprop-predicted explicit-axes: max difference {error:.1e}, shardings kept")
+  print(f"rmsprop-predicted explicit-axes: rel. difference {error:.1e}, shardings kept")
 
 
 if __name__ == "__main__":
