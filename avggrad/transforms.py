@@ -520,13 +520,11 @@ def average_gradient(
           point, state.inner_state, params, value_fn=value_fn, **extra_args
       )
       delta = _scale_tree(predicted, span)
-      if auto and _batch_available(value_fn, extra_args):
-        far = _far_end_gradient(value_fn, extra_args, params, delta,
-                                fraction=AUTO_FAR_BATCH_FRACTION, dtype=far_dtype)
-        avg = jax.tree.map(lambda g, f: (0.5 * (g + f)).astype(g.dtype), point, far)
-      elif unpaired:
-        far = _far_end_gradient(value_fn, extra_args, params, delta,
-                                fraction=fraction, dtype=far_dtype)
+      sub_batch = auto and _batch_available(value_fn, extra_args)
+      if sub_batch or unpaired:
+        far = _far_end_gradient(
+            value_fn, extra_args, params, delta,
+            fraction=AUTO_FAR_BATCH_FRACTION if sub_batch else fraction, dtype=far_dtype)
         avg = jax.tree.map(lambda g, f: (0.5 * (g + f)).astype(g.dtype), point, far)
       else:
         avg = average(_bind_value_fn(value_fn, extra_args), params, delta)
