@@ -63,6 +63,9 @@ def main(argv: Optional[list[str]] = None) -> None:
   parser.add_argument("--repeats", type=int, default=5)
   args = parser.parse_args(argv)
   grid = run_lib.load_grid(args.grid)
+  unknown = run_lib.unmatched_patterns(grid, args.optimizers)
+  if unknown:
+    parser.error(f"--optimizers: {', '.join(unknown)} matches no optimizer of the grid")
   out = args.out or os.path.join(os.path.dirname(run_lib.results_path(grid)), "overheads.json")
   results: dict[str, Any] = {}
   if os.path.exists(out):

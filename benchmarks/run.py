@@ -345,6 +345,13 @@ def matches(label: str, patterns: str) -> bool:
   return any(fnmatch.fnmatch(label, p.strip()) for p in patterns.split(","))
 
 
+def unmatched_patterns(grid: dict[str, Any], patterns: str) -> list[str]:
+  """The comma-separated globs of ``patterns`` that match none of the grid's optimizers (a
+  typo would otherwise run nothing, silently)."""
+  return [p.strip() for p in patterns.split(",")
+          if not any(fnmatch.fnmatch(label, p.strip()) for label in grid["optimizers"])]
+
+
 def main(argv: Optional[list[str]] = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("grid", nargs="?", help="grid file (JSON)")
@@ -370,6 +377,10 @@ def main(argv: Optional[list[str]] = None) -> None:
   if not 0 <= i < n:
     parser.error("--shard must be i/n with 0 <= i < n")
   grid = load_grid(path)
+  unknown = unmatched_patterns(grid, args.optimizers)
+  if unknown:
+    parser.error(f"--optimizers: {', '.join(unknown)} matches no optimizer of the grid "
+                 f"({', '.join(grid['optimizers'])})")
   out = results_path(grid, args.results_dir)
   if n > 1:
     out = out.replace("runs.jsonl", f"runs.shard{i}of{n}.jsonl")
