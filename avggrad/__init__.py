@@ -10,6 +10,7 @@ change a step really causes. This package provides its estimators
 from avggrad.aliases import adam, adam_baseline, rmsprop, rmsprop_baseline
 from avggrad.estimators import ESTIMATORS, coverage, value_and_average_grad
 from avggrad.transforms import (
+    PAPER_FORM,
     ACCUMULATORS,
     COMBINES,
     RANGES,
@@ -29,6 +30,7 @@ __all__ = [
     "ACCUMULATORS",
     "COMBINES",
     "ESTIMATORS",
+    "PAPER_FORM",
     "RANGES",
     "AverageGradientState",
     "ScaleByAdamState",

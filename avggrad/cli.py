@@ -16,7 +16,7 @@ import sys
 from typing import Optional, Sequence
 
 from avggrad import data as data_lib
-from avggrad import models, training
+from avggrad import models, optimizers, training
 
 
 def _positive_int(text: str) -> int:
@@ -40,21 +40,24 @@ def _add_model_arguments(parser: argparse.ArgumentParser, defaults: training.Tra
   d = defaults
   g = parser.add_argument_group("data and model")
   g.add_argument("--dataset", default=d.dataset, choices=data_lib.DATASETS,
-                 help=f"dataset (default: {d.dataset}, shipped with the package)")
+                 help=f"dataset ({d.dataset} is shipped with the package)")
   g.add_argument("--data-dir", default=None,
-                 help="folder with the original files (IDX .gz, aclImdb); default "
+                 help="folder with the original files (IDX .gz, aclImdb); unset: "
                       "$AVGGRAD_DATA_DIR, else TensorFlow Datasets")
   g.add_argument("--limit", type=_positive_int, default=None,
                  help="use only the first N training and test examples")
   g.add_argument("--model", default=d.model, choices=training.MODELS,
-                 help="mlp and cnn for images, text-mlp and text-conv for imdb_reviews")
+                 help="mlp, cnn and resnet for the image datasets; text-mlp, text-conv and "
+                      "text-lm (a causal transformer language model) for imdb_reviews")
   g.add_argument("--depth", type=_positive_int, default=d.depth, help="hidden layers / convs")
   g.add_argument("--width", type=_positive_int, default=d.width, help="units per layer")
   g.add_argument("--channels", type=_positive_int, default=d.channels, help="CNN channels")
-  g.add_argument("--kernel-size", type=_positive_int, default=d.kernel_size)
+  g.add_argument("--kernel-size", type=_positive_int, default=d.kernel_size,
+                 help="CNN / text-conv kernel size")
   g.add_argument("--pooling", default=d.pooling, choices=models.POOLINGS,
                  help="CNN downsampling")
-  g.add_argument("--activation", default=d.activation, choices=sorted(models.ACTIVATIONS))
+  g.add_argument("--activation", default=d.activation, choices=sorted(models.ACTIVATIONS),
+                 help="hidden-layer activation")
   g.add_argument("--init", default=d.init,
                  help=f"weight initialiser: {', '.join(models.INITIALIZERS)} "
                       "('normal:0.05' for a normal with std 0.05)")
@@ -62,8 +65,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser, defaults: training.Tra
   g.add_argument("--max-len", type=_positive_int, default=d.max_len, help="IMDb tokens")
   g.add_argument("--embed-dim", type=_positive_int, default=d.embed_dim, help="IMDb embedding")
   t = parser.add_argument_group("training")
-  t.add_argument("--steps", type=_positive_int, default=d.steps)
-  t.add_argument("--batch-size", type=_positive_int, default=d.batch_size)
+  t.add_argument("--steps", type=_positive_int, default=d.steps, help="training steps")
+  t.add_argument("--batch-size", type=_positive_int, default=d.batch_size,
+                 help="examples per minibatch")
   t.add_argument("--eval-every", type=_positive_int, default=d.eval_every,
                  help="evaluate the training loss/accuracy every N steps")
   t.add_argument("--eval-examples", type=_positive_int, default=d.eval_examples,
@@ -75,44 +79,59 @@ def _add_model_arguments(parser: argparse.ArgumentParser, defaults: training.Tra
                  help="warmup_cosine: fraction of the steps spent warming up")
   t.add_argument("--divergence-factor", type=float, default=d.divergence_factor,
                  help="stop a run (status 'diverged') when its trailing mean loss exceeds this "
-                      "multiple of its initial loss; 0 turns the guard off (default "
-                      f"{d.divergence_factor:g})")
+                      "multiple of its initial loss; 0 turns the guard off")
+  t.add_argument("--devices", type=_positive_int, default=None,
+                 help="data parallel over this many devices (unset: every device JAX sees; "
+                      "the batch is sharded over them)")
+  t.add_argument("--shard-params", action="store_true",
+                 help="shard parameters and optimizer state over the devices (FSDP-style) "
+                      "instead of replicating them")
   t.add_argument("--no-progress", action="store_true",
                  help="no progress output (default: a bar on a terminal, one line per "
                       "evaluation when stderr is redirected)")
 
 
 def _optimizer_help() -> str:
-  return (f"optimizer spec NAME[:key=value,...], NAME one of {', '.join(training.OPTIMIZERS)} "
-          "(rmsprop/adam: avggrad's same-core baselines, eps outside the root); options: span, "
-          "estimator, update_range, accumulate, combine, num_points, decay, eps, eps_root, b1, "
-          "b2, momentum, far_batch_fraction, far_dtype, max_gain. Example: "
-          "avg-adam:span=8,combine=accelerate")
+  return (f"optimizer spec NAME[:key=value,...]; NAME one of {', '.join(optimizers.names())} "
+          "(rmsprop/adam: avggrad's same-core baselines, eps outside the root; avg-*: fed the "
+          f"average gradient); options: {', '.join(optimizers.OPTIONS)} (each optimizer takes "
+          "those its factory accepts). Example: avg-adam:span=4")
 
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="avggrad",
       description="Train deep plain networks with the average gradient and compare optimizers.",
+      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
   )
   sub = parser.add_subparsers(dest="command", metavar="{train,compare}")
 
   train_defaults = training.TrainConfig()
   p_train = sub.add_parser("train", help="train one configuration",
-                           description="Train one model with one optimizer and learning rate.")
+                           description="Train one model with one optimizer and learning rate.",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   _add_model_arguments(p_train, train_defaults)
   p_train.add_argument("--optimizer", default=train_defaults.optimizer, help=_optimizer_help())
-  p_train.add_argument("--lr", type=_positive_float, default=train_defaults.lr)
-  p_train.add_argument("--seed", type=int, default=0)
+  p_train.add_argument("--lr", type=_positive_float, default=train_defaults.lr,
+                       help="learning rate (the peak, with a schedule)")
+  p_train.add_argument("--seed", type=int, default=0,
+                       help="initial weights and minibatch order")
   p_train.add_argument("--out", default=None,
                        help="folder for config.json and metrics.jsonl (JSON lines)")
+  p_train.add_argument("--checkpoint-dir", default=None,
+                       help="save checkpoints (Orbax) here; a rerun with the same folder "
+                            "resumes from the latest")
+  p_train.add_argument("--checkpoint-every", type=_positive_int, default=None,
+                       help="steps between checkpoints (default with --checkpoint-dir: "
+                            "--eval-every)")
 
   compare_defaults = training.TrainConfig(depth=16, width=64, steps=300, eval_every=50)
   p_cmp = sub.add_parser(
       "compare", help="compare optimizers (the main job with no options)",
       description="Train the same model with several optimizers, each at its best learning "
                   "rate from one grid, and report iterations and seconds to a target training "
-                  "loss.")
+                  "loss.",
+      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   _add_model_arguments(p_cmp, compare_defaults)
   p_cmp.add_argument("--optimizers", nargs="+",
                      default=["rmsprop", "avg-rmsprop", "adam", "avg-adam"],
@@ -120,13 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
                      + _optimizer_help())
   p_cmp.add_argument("--lrs", nargs="+", type=_positive_float, default=[3e-5, 1e-4, 3e-4, 1e-3, 3e-3],
                      help="learning-rate grid shared by all optimizers")
-  p_cmp.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+  p_cmp.add_argument("--seeds", nargs="+", type=int, default=[0, 1],
+                     help="seeds (initial weights and minibatch order), each run per lr")
   p_cmp.add_argument("--target", type=_positive_float, default=None,
                      help="target training loss (default: set by the baseline, see "
                           "--target-fraction)")
   p_cmp.add_argument("--target-fraction", type=float, default=0.8,
                      help="target = the baseline's smoothed loss after this fraction of the "
-                          "budget, at its best learning rate (default 0.8)")
+                          "budget, at its best learning rate")
   p_cmp.add_argument("--out", default="runs/compare",
                      help="folder for results.json, table.txt, loss_curves.png")
   return parser
@@ -148,7 +168,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "train":
       config = _config(args)
       config.validate()
-      result = training.train(config, out_dir=args.out, progress=not args.no_progress)
+      every = args.checkpoint_every or (config.eval_every if args.checkpoint_dir else 0)
+      result = training.train(config, out_dir=args.out, progress=not args.no_progress,
+                              devices=args.devices, shard_params=args.shard_params,
+                              checkpoint_dir=args.checkpoint_dir, checkpoint_every=every)
       last = result.evals[-1] if result.evals else {}
       print(json.dumps({
           "status": result.status,
@@ -170,26 +193,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not 0 < args.target_fraction <= 1:
       parser.error("--target-fraction must be in (0, 1]")
     for spec in args.optimizers:
-      training.parse_optimizer(spec)
+      optimizers.parse_optimizer(spec)
     config = _config(args)
     config.validate()
-    train_data = data_lib.load(config.dataset, "train", data_dir=config.data_dir,
-                               limit=config.limit, vocab_size=config.vocab_size,
-                               max_len=config.max_len)
-    test_data = data_lib.load(config.dataset, "test", data_dir=config.data_dir,
-                              limit=config.limit, vocab_size=config.vocab_size,
-                              max_len=config.max_len)
+    train_data, test_data = training.load_splits(config)
     comparison = compare_lib.compare(
         config, args.optimizers, args.lrs, args.seeds, target=args.target,
         target_fraction=args.target_fraction, train_data=train_data, test_data=test_data,
-        progress=not args.no_progress)
+        progress=not args.no_progress, devices=args.devices, shard_params=args.shard_params)
     print(f"{config.dataset}: {config.model}, depth {config.depth}, width {config.width}, "
           f"{config.activation}, {config.init}, batch {config.batch_size}")
     print(comparison.table())
     paths = compare_lib.save(comparison, args.out)
     print(f"\nwrote {paths['table.txt']}, {paths['results.json']}, {paths['loss_curves.png']}")
     return 0
-  except (ValueError, FileNotFoundError, ImportError) as e:
+  except (ValueError, FileNotFoundError, ImportError) as e:  # CheckpointError included
     parser.exit(2, f"avggrad: error: {e}\n")
 
 

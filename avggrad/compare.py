@@ -32,7 +32,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from avggrad import metrics, sweep, timing
+from avggrad import metrics, parallel, protocol, sweep, timing
 from avggrad.data import Dataset
 from avggrad.training import RunResult, TrainConfig, train
 
@@ -40,21 +40,8 @@ Key = tuple[str, float, int]
 
 
 def final_loss(result: RunResult) -> float:
-  """:func:`avggrad.metrics.final_loss` of a run."""
-  return metrics.final_loss(result.losses, result.diverged)
-
-
-def iterations(result: RunResult, target: float, window: int) -> Optional[int]:
-  """Iterations to ``target``; ``None`` if never reached or if the run diverged."""
-  if result.diverged:
-    return None
-  return metrics.iterations_to_target(result.losses, target, window)
-
-
-def _ratio(a: float, b: float) -> float:
-  if not (math.isfinite(a) and math.isfinite(b)) or b <= 0:
-    return math.nan
-  return a / b
+  """:func:`avggrad.protocol.score` of a run."""
+  return protocol.score(result.losses, not result.diverged)
 
 
 @dataclasses.dataclass
@@ -78,7 +65,7 @@ class OptimizerSummary:
   @property
   def seconds_to_target(self) -> float:
     """Median iterations to target x the measured time per step (infinite if not reached)."""
-    return self.median_iterations * self.seconds_per_step
+    return protocol.seconds_to_target(self.median_iterations, self.seconds_per_step)
 
 
 @dataclasses.dataclass
@@ -109,9 +96,9 @@ class Comparison:
     edges = (min(self.lrs), max(self.lrs))
     for s in self.summaries:
       iters = s.median_iterations
-      ratio = _ratio(iters, base.median_iterations)
+      ratio = protocol.ratio(iters, base.median_iterations)
       seconds = s.seconds_to_target
-      time_ratio = _ratio(seconds, base.seconds_to_target)
+      time_ratio = protocol.ratio(seconds, base.seconds_to_target)
       iters_text = "not reached" if math.isinf(iters) else f"{iters:.0f}"
       seconds_text = "-" if not math.isfinite(seconds) else f"{seconds:.2f}"
       final = float(np.median(s.final_losses))
@@ -183,7 +170,9 @@ class Comparison:
 
 
 def _fmt(ratio: float) -> str:
-  return "-" if math.isnan(ratio) else f"{ratio:.2f}"
+  if math.isnan(ratio):
+    return "-"
+  return "n.r." if math.isinf(ratio) else f"{ratio:.2f}"
 
 
 def compare(
@@ -198,11 +187,14 @@ def compare(
     test_data: Optional[Dataset] = None,
     progress: bool = True,
     batched: Optional[bool] = None,
+    devices: Any = None,
+    shard_params: bool = False,
 ) -> Comparison:
   """Runs the comparison protocol of the module docstring and returns its results.
 
   ``batched`` trains each optimizer's runs together (default: on the fully connected models,
-  not on the convolutional ones).
+  not on the convolutional ones). ``devices`` and ``shard_params``: data parallelism, as in
+  :func:`avggrad.training.train` (every device by default).
   """
   if not optimizers or not lrs or not seeds:
     raise ValueError("compare needs at least one optimizer, learning rate and seed.")
@@ -215,49 +207,46 @@ def compare(
     train_data, test_data = train_data or loaded[0], test_data or loaded[1]
   if batched is None:
     batched = base.model in ("mlp", "text-mlp")
+  placement = dict(devices=devices, shard_params=shard_params)
   runs: dict[Key, RunResult] = {}
   for spec in optimizers:
     config = dataclasses.replace(base, optimizer=spec)
     if batched:
       results = sweep.sweep(config, [float(lr) for lr in lrs], [int(s) for s in seeds],
-                            train_data=train_data, test_data=test_data, progress=progress)
+                            train_data=train_data, test_data=test_data, progress=progress,
+                            **placement)
       runs.update({(spec, lr, seed): r for (lr, seed), r in results.items()})
       continue
     for lr in lrs:
       for seed in seeds:
         runs[(spec, float(lr), int(seed))] = train(
             dataclasses.replace(config, lr=float(lr), seed=int(seed)), train_data=train_data,
-            test_data=test_data, progress=progress)
+            test_data=test_data, progress=progress, **placement)
 
-  def best_lr(spec: str) -> float:
-    scores = {lr: float(np.median([final_loss(runs[(spec, float(lr), s)]) for s in seeds]))
-              for lr in lrs}
-    return float(min(lrs, key=lambda lr: (scores[lr], lr)))
+  def results(spec: str, lr: float) -> list[RunResult]:
+    return [runs[(spec, float(lr), int(s))] for s in seeds]
 
-  best = {spec: best_lr(spec) for spec in optimizers}
-  window = metrics.default_window(base.steps)
+  best = {spec: protocol.best_lr({float(lr): [final_loss(r) for r in results(spec, lr)]
+                                  for lr in lrs}) for spec in optimizers}
   if target is None:
-    index = min(base.steps, int(round(target_fraction * base.steps))) - 1
-    values = []
-    for seed in seeds:
-      result = runs[(optimizers[0], best[optimizers[0]], int(seed))]
-      smoothed = metrics.smooth(result.losses, window)
-      values.append(smoothed[index] if index < len(smoothed) and not result.diverged
-                    else math.inf)
-    target = float(np.median(values))
+    target = protocol.target_loss(
+        [(r.losses, not r.diverged) for r in results(optimizers[0], best[optimizers[0]])],
+        target_fraction, base.steps)
     rule = (f"{optimizers[0]}'s smoothed loss at {target_fraction:.0%} of the budget, "
             "at its best learning rate")
   else:
     rule = "given"
-  step_times = timing.step_seconds(base, list(optimizers), train_data)
+  step_times = timing.step_seconds(base, list(optimizers), train_data,
+                                   dp=parallel.DataParallel.create(devices, shard_params))
   summaries = []
   for spec in optimizers:
-    results = [runs[(spec, best[spec], int(s))] for s in seeds]
+    chosen = results(spec, best[spec])
     summaries.append(OptimizerSummary(
         optimizer=spec,
         best_lr=best[spec],
-        iterations=[iterations(r, target, window) for r in results],
-        final_losses=[final_loss(r) for r in results],
+        iterations=[protocol.iterations(r.losses, not r.diverged, target, base.steps)
+                    for r in chosen],
+        final_losses=[final_loss(r) for r in chosen],
         seconds_per_step=step_times[spec]["seconds_per_step"],
     ))
   import jax

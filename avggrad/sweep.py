@@ -30,18 +30,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 from avggrad import data as data_lib
-from avggrad import metrics, training
-from avggrad.progress import Progress
+from avggrad import parallel, training
 
 Key = tuple[float, int]
 
@@ -50,52 +47,40 @@ def _stack(trees: Sequence[Any]) -> Any:
   return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
-@dataclasses.dataclass
-class _Program:
-  """The pieces of a sweep: stacked state, the vmapped step and evaluation."""
-
-  graphdef: Any
-  rest: Any
-  params: Any  # (runs, ...) leaves
-  opt_state: Any
-  lrs: jax.Array  # (runs,)
-  seed_index: np.ndarray  # (runs,) index into the seeds
-  step: Callable[..., Any]
-  evaluate: Callable[..., Any]
-
-
-def _build(config: training.TrainConfig, train_data: data_lib.Dataset,
-           lrs: Sequence[float], seeds: Sequence[int]) -> _Program:
+def sweep_program(config: training.TrainConfig, train_data: data_lib.Dataset,
+                  lrs: Sequence[float], seeds: Sequence[int], dp: parallel.DataParallel, *,
+                  scan: bool = True) -> tuple[training.Program, np.ndarray]:
+  """The :class:`avggrad.training.Program` of every (learning rate, seed) run, vmapped, and
+  each run's index into ``seeds``."""
+  dp.check_batch(config.batch_size)
   runs = [(float(lr), i) for lr in lrs for i in range(len(seeds))]
   split = [nnx.split(training.make_model(config, train_data, nnx.Rngs(int(s))), nnx.Param, ...)
            for s in seeds]
   graphdef = split[0][0]
-  params = _stack([split[i][1] for _, i in runs])
-  rest = _stack([split[i][2] for _, i in runs])
+  params = dp.place_state(_stack([split[i][1] for _, i in runs]), runs_axis=True)
+  rest = dp.place_state(_stack([split[i][2] for _, i in runs]), runs_axis=True)
   lr_array = jnp.asarray([lr for lr, _ in runs], jnp.float32)
+  opt_state = jax.jit(jax.vmap(lambda lr, p: training.make_tx(config, lr).init(p)))(
+      lr_array, params)
+  opt_state = dp.place_state(opt_state, runs_axis=True)
 
-  def make_tx(lr: jax.Array) -> optax.GradientTransformation:
-    return training.make_optimizer(config.optimizer, training.learning_rate(config, lr))
+  def one_run(lr, params, rest, opt_state, x, y):
+    return training.update_step(training.make_tx(config, lr), graphdef, params, rest,
+                                opt_state, x, y)
 
-  opt_state = jax.jit(jax.vmap(lambda lr, p: make_tx(lr).init(p)))(lr_array, params)
+  def step(carry: Any, x: jax.Array, y: jax.Array) -> tuple[Any, jax.Array]:
+    params, opt_state = carry
+    params, opt_state, loss = jax.vmap(one_run)(lr_array, params, rest, opt_state, x, y)
+    return (params, opt_state), loss
 
-  def one_step(lr, p, s, r, x, y):
-    tx = make_tx(lr)
-    value_fn = training.loss_fn(graphdef, r)
-    loss, grads = jax.value_and_grad(value_fn)(p, (x, y))
-    updates, s = tx.update(grads, s, p, value_fn=value_fn, batch=(x, y))
-    return optax.apply_updates(p, updates), s, loss
-
-  def evaluate(p, r, x, y):
-    logits = nnx.merge(graphdef, p, r)(x)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).sum()
-    return loss, (jnp.argmax(logits, -1) == y).sum()
-
-  return _Program(
-      graphdef=graphdef, rest=rest, params=params, opt_state=opt_state, lrs=lr_array,
-      seed_index=np.asarray([i for _, i in runs]),
-      step=jax.vmap(one_step), evaluate=jax.jit(jax.vmap(evaluate, in_axes=(0, 0, None, None))),
-  )
+  x_all, y_all = dp.place_data(train_data.x), dp.place_data(train_data.y)
+  advance, compiled = training.chunk_advance(step, x_all, y_all, dp, scan=scan, batch_axis=1)
+  evaluate = jax.jit(jax.vmap(lambda p, r, x, y: training.eval_sums(graphdef, p, r, x, y),
+                              in_axes=(0, 0, None, None)))
+  program = training.Program(carry=(params, opt_state), advance=advance,
+                             evaluate=lambda p, x, y: evaluate(p, rest, x, y),
+                             compiled=[compiled], num_runs=len(runs))
+  return program, np.asarray([i for _, i in runs])
 
 
 def sweep(
@@ -107,6 +92,8 @@ def sweep(
     test_data: Optional[data_lib.Dataset] = None,
     progress: bool = True,
     scan: bool = True,
+    devices: Union[None, int, Sequence[jax.Device]] = None,
+    shard_params: bool = False,
 ) -> dict[Key, training.RunResult]:
   """Trains ``config`` at every learning rate and seed in one compiled program.
 
@@ -118,6 +105,8 @@ def sweep(
     progress: report progress (a bar on a terminal, one line per evaluation otherwise).
     scan: run the steps between two evaluations as one ``lax.scan`` (``False``: one compiled
       call per step, all runs together; on CPU a scan over convolutions can be slower).
+    devices, shard_params: data parallelism, as in :func:`avggrad.training.train` (every
+      run's batch sharded over the devices; parameters replicated or sharded).
 
   Returns:
     ``{(lr, seed): RunResult}``; each result's ``seconds_per_step`` is the sweep's time per
@@ -132,96 +121,26 @@ def sweep(
   if train_data is None or test_data is None:
     loaded = training.load_splits(config)
     train_data, test_data = train_data or loaded[0], test_data or loaded[1]
-  program = _build(config, train_data, lrs, seeds)
-  num_runs = len(program.seed_index)
-  x_all, y_all = jnp.asarray(train_data.x), jnp.asarray(train_data.y)
+  dp = parallel.DataParallel.create(devices, shard_params)
+  program, seed_index = sweep_program(config, train_data, lrs, seeds, dp, scan=scan)
   per_seed = np.stack([training.batch_indices(len(train_data), config.batch_size, config.steps,
                                               int(s)) for s in seeds])
   # (steps, runs, batch): each run follows its seed's minibatch order
-  indices = jnp.asarray(per_seed[program.seed_index].transpose(1, 0, 2))
-
-  def steps_fn(carry: Any, idx: jax.Array) -> tuple[Any, jax.Array]:
-    params, opt_state = carry
-    params, opt_state, loss = program.step(program.lrs, params, opt_state, program.rest,
-                                           x_all[idx], y_all[idx])
-    return (params, opt_state), loss
-
-  if scan:
-    compiled = jax.jit(lambda carry, idx: jax.lax.scan(steps_fn, carry, idx),
-                       donate_argnums=0)
-  else:
-    one = jax.jit(steps_fn, donate_argnums=0)
-
-    def compiled(carry: Any, idx: jax.Array) -> tuple[Any, jax.Array]:
-      losses = []
-      for row in idx:
-        carry, loss = one(carry, row)
-        losses.append(loss)
-      return carry, jnp.stack(losses)
-
+  indices = dp.place_batch(per_seed[seed_index].transpose(1, 0, 2), 2)
   eval_x = train_data.x[: config.eval_examples]
   eval_y = train_data.y[: config.eval_examples]
-  window = metrics.default_window(config.steps)
-  losses = np.zeros((config.steps, num_runs))
-  evals: list[list[dict[str, float]]] = [[] for _ in range(num_runs)]
-  stopped: list[Optional[int]] = [None] * num_runs
-  carry = (program.params, program.opt_state)
-
-  def evaluate_now(step: int) -> None:
-    loss, acc = training.evaluate_in_batches(
-        lambda p, x, y: program.evaluate(p, program.rest, x, y), carry[0], eval_x, eval_y)
-    for r in range(num_runs):
-      if stopped[r] is None:
-        evals[r].append({"step": step, "train_loss": float(loss[r]),
-                         "train_accuracy": float(acc[r])})
-
-  desc = f"{config.optimizer} ({len(lrs)} lr x {len(seeds)} seed)"
-  compile_seconds = timed_seconds = 0.0
-  timed_steps = step = 0
-  with Progress(config.steps, desc, enabled=progress) as bar:
-    evaluate_now(0)
-    while step < config.steps:
-      size = min(config.eval_every, config.steps - step)
-      tick = time.perf_counter()
-      carry, chunk = compiled(carry, indices[step : step + size])
-      losses[step : step + size] = np.asarray(jax.device_get(chunk), np.float64)
-      seconds = time.perf_counter() - tick
-      if step == 0:
-        compile_seconds = seconds  # the first chunk compiles (and runs) the program
-      else:
-        timed_seconds += seconds
-        timed_steps += size
-      step += size
-      for r in range(num_runs):
-        if stopped[r] is None:
-          stopped[r] = metrics.divergence_step(losses[:step, r], config.divergence_factor,
-                                               window)
-      evaluate_now(step)
-      alive = [r for r in range(num_runs) if stopped[r] is None]
-      if not alive:
-        break
-      bar.update(size, best=float(min(evals[r][-1]["train_loss"] for r in alive)))
-    test_loss = test_acc = np.full(num_runs, np.nan)
-    if any(s is None for s in stopped):
-      test_loss, test_acc = training.evaluate_in_batches(
-          lambda p, x, y: program.evaluate(p, program.rest, x, y), carry[0], test_data.x,
-          test_data.y)
-  per_step = timed_seconds / timed_steps if timed_steps else compile_seconds / max(step, 1)
+  out = training.run_loop(
+      config, program, indices,
+      eval_data=training._placed_eval(dp, eval_x, eval_y),
+      test_data=training._placed_eval(dp, test_data.x, test_data.y),
+      desc=f"{config.optimizer} ({len(lrs)} lr x {len(seeds)} seed)", progress=progress)
   results: dict[Key, training.RunResult] = {}
-  for r, (lr, i) in enumerate(zip(np.asarray(program.lrs).tolist(), program.seed_index)):
-    lr = float(lrs[r // len(seeds)])
-    stop = stopped[r]
-    ok = stop is None
-    run_losses = losses[:step, r] if ok else losses[: stop + 1, r]
-    results[(lr, int(seeds[i]))] = training.RunResult(
-        config=dataclasses.asdict(dataclasses.replace(config, lr=lr, seed=int(seeds[i]))),
-        losses=run_losses.tolist(),
-        evals=evals[r],
-        status="ok" if ok else f"diverged at step {stop}",
-        test_loss=float(test_loss[r]) if ok else math.nan,
-        test_accuracy=float(test_acc[r]) if ok else math.nan,
-        seconds_per_step=per_step / num_runs,
-        compile_seconds=compile_seconds,
-        batched_runs=num_runs,
-    )
+  for r, i in enumerate(seed_index):
+    lr, seed = float(lrs[r // len(seeds)]), int(seeds[i])
+    results[(lr, seed)] = training.RunResult(
+        config=dataclasses.asdict(dataclasses.replace(config, lr=lr, seed=seed)),
+        losses=out.losses[r], evals=out.evals[r], status=out.statuses[r],
+        test_loss=out.test_loss[r], test_accuracy=out.test_accuracy[r],
+        seconds_per_step=out.seconds_per_step / program.num_runs,
+        compile_seconds=out.compile_seconds, batched_runs=program.num_runs)
   return results

@@ -73,13 +73,15 @@ class _Stepper:
 
 def step_seconds(config: Any, specs: Sequence[str], train_data: Any, *, lr: float = 1e-4,
                  chunk: int = 10, number: int = 3, repeats: int = 5,
-                 memory: bool = False) -> dict[str, dict[str, float]]:
+                 memory: bool = False, dp: Any = None) -> dict[str, dict[str, float]]:
   """Seconds per training step of each optimizer spec on ``config``'s model, interleaved.
 
-  Each optimizer runs ``chunk`` steps of :func:`avggrad.training.step_fn` (the step
-  :func:`avggrad.training.train` compiles) per call, in turns with the others, ``number``
-  calls per turn and ``repeats`` turns; the median per step is reported. A small learning
-  rate keeps every optimizer in its ordinary regime while it is timed.
+  Each optimizer runs ``chunk`` steps of :func:`avggrad.training.update_step` (compiled as
+  :func:`avggrad.training.train` compiles it, :func:`avggrad.training.compile_step`) per call,
+  in turns with the others, ``number`` calls per turn and ``repeats`` turns; the median per
+  step is reported. A small learning rate keeps every optimizer in its ordinary regime while
+  it is timed. ``dp`` (an :class:`avggrad.parallel.DataParallel`) times the data-parallel
+  step; one device by default.
 
   Returns:
     ``{spec: {"seconds_per_step": ..., "bytes": ...}}`` (``bytes``, XLA's allocation for one
@@ -87,23 +89,24 @@ def step_seconds(config: Any, specs: Sequence[str], train_data: Any, *, lr: floa
   """
   import dataclasses
 
-  from flax import nnx
+  from avggrad import parallel, training
 
-  from avggrad import training
-
-  x_all, y_all = jnp.asarray(train_data.x), jnp.asarray(train_data.y)
-  idx = list(jnp.asarray(np.arange(chunk * config.batch_size).reshape(
-      chunk, config.batch_size) % len(train_data.y), jnp.int32))
+  dp = dp or parallel.DataParallel(None)
+  x_all, y_all = dp.place_data(train_data.x), dp.place_data(train_data.y)
+  idx = [dp.place_batch(row) for row in np.arange(chunk * config.batch_size).reshape(
+      chunk, config.batch_size).astype(np.int32) % len(train_data.y)]
   steppers, sizes = [], {}
   for spec in specs:
     run = dataclasses.replace(config, optimizer=spec, lr=lr, seed=0)
-    graphdef, state, compiled, _ = training.compile_step(run, train_data)
+    _, state, compiled, _ = training.compile_step(run, train_data, dp)
     steppers.append(_Stepper(compiled, state, x_all, y_all, idx))
     if memory:
-      model, optimizer = nnx.merge(graphdef, state)
-      sizes[spec] = peak_bytes(training.step_fn(graphdef), nnx.split((model, optimizer))[1],
-                               x_all[: config.batch_size], y_all[: config.batch_size],
-                               jnp.arange(config.batch_size, dtype=jnp.int32))
+      batch = np.arange(config.batch_size, dtype=np.int32)  # the step without the dataset
+      stats = compiled.compile(state, x_all[: config.batch_size], y_all[: config.batch_size],
+                               dp.place_batch(batch)).memory_analysis()
+      sizes[spec] = -1 if stats is None else int(
+          stats.argument_size_in_bytes + stats.output_size_in_bytes
+          + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
   seconds = interleaved_seconds([(s, ()) for s in steppers], number=number, repeats=repeats)
   return {spec: {"seconds_per_step": t / chunk} | ({"bytes": sizes[spec]} if memory else {})
           for spec, t in zip(specs, seconds)}

@@ -4,13 +4,18 @@
 with the per-step minibatch losses, periodic evaluations of the training loss and accuracy,
 the final test metrics and the wall-clock time per step. Its stages are separate functions, in
 the spirit of the Flax examples' ``train.py``: the data (:func:`load_splits`,
-:func:`batch_indices`), the compiled step (:func:`make_model`, :func:`make_optimizer`,
-:func:`step_fn`), the loop (:func:`train`) and the record (:class:`MetricsLog`). Each step is
-one compiled call; the losses of ``eval_every`` steps are fetched together, so the host does
-not wait on the device between steps. The same seed gives the same initial weights and the
-same minibatch order whatever the optimizer, so optimizers are compared on identical data.
-:mod:`avggrad.sweep` trains many learning rates and seeds of one configuration in one
-compiled program, with the same stages.
+:func:`batch_indices`), the model and optimizer (:func:`make_model`, :func:`make_tx`), one
+step (:func:`update_step`), the chunked loop (:func:`run_loop`) and the record
+(:class:`MetricsLog`). :mod:`avggrad.sweep` trains many learning rates and seeds of one
+configuration in one compiled program with the same step and the same loop. Each step is one
+compiled call; the losses of ``eval_every`` steps are fetched together, so the host does not
+wait on the device between steps. The same seed gives the same initial weights and the same
+minibatch order whatever the optimizer, so optimizers are compared on identical data.
+
+Both are data parallel (:mod:`avggrad.parallel`): the batch is sharded over a ``data`` mesh
+axis of every device JAX sees (``devices=`` chooses fewer), parameters replicated or
+(``shard_params=True``) sharded FSDP-style; on one device nothing is placed. :func:`train`
+saves and resumes checkpoints (:mod:`avggrad.checkpoint`).
 
 Every optimizer receives ``value_fn(params, batch)`` (the loss on a batch as a function of the
 parameters) and ``batch=(x, y)`` (the current minibatch) as extra arguments of ``update``; the
@@ -26,7 +31,7 @@ import json
 import math
 import os
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -34,9 +39,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-import avggrad
+from avggrad import checkpoint as checkpoint_lib
 from avggrad import data as data_lib
-from avggrad import metrics
+from avggrad import metrics, optimizers, parallel
 from avggrad.progress import Progress
 from avggrad.models import CNN, MLP, ResNet, TextModel, TransformerLM
 
@@ -45,158 +50,11 @@ MODELS: tuple[str, ...] = ("mlp", "cnn", "resnet", "text-mlp", "text-conv", "tex
 ``resnet`` (residual CNN with GroupNorm) and ``text-lm`` (a causal transformer language model
 on the IMDb text: next-token prediction) are of the kind users train today."""
 
-def _with_objective(tx: optax.GradientTransformation, name: str) -> Callable[..., Any]:
-  """Adapts an Optax transformation that needs the loss under another name: ``obj_fn``
-  (params -> loss, Sophia) or ``grad_fn`` ((params, i) -> gradient, SAM's opaque mode), built
-  from the ``value_fn`` and ``batch`` every optimizer receives here."""
-
-  def update_fn(updates: Any, state: Any, params: Any = None, *, value_fn: Any = None,
-                batch: Any = None, **extra_args: Any) -> Any:
-    del extra_args
-    if value_fn is None:
-      raise TypeError(f"{name} needs value_fn (and batch) in update.")
-    loss = (lambda p: value_fn(p, batch)) if batch is not None else value_fn
-    if name == "sophia":
-      return tx.update(updates, state, params, obj_fn=loss)
-    return tx.update(updates, state, params, grad_fn=lambda p, _: jax.grad(loss)(p))
-
-  return optax.GradientTransformationExtraArgs(tx.init, update_fn)
-
-
-def _sophia(learning_rate: optax.ScalarOrSchedule, **options: Any) -> Any:
-  return _with_objective(optax.contrib.sophia(learning_rate, **options), "sophia")
-
-
-def _sam(learning_rate: optax.ScalarOrSchedule, rho: float = 0.05, **options: Any) -> Any:
-  """SAM (opaque mode) around Adam: one adversarial step of size ``rho`` along the normalised
-  gradient, then Adam on the gradient there; two gradients a step, as the average gradient."""
-  adversary = optax.chain(optax.contrib.normalize(), optax.sgd(rho))
-  return _with_objective(
-      optax.contrib.sam(optax.adam(learning_rate, **options), adversary, opaque_mode=True),
-      "sam")
-
-
-def _muon(learning_rate: optax.ScalarOrSchedule, **options: Any) -> Any:
-  """Optax's Muon with ``consistent_rms=0.2``: updates sized like AdamW's, so one learning
-  rate serves its Newton-Schulz (matrices) and Adam (vectors) parts."""
-  return optax.contrib.muon(learning_rate, **({"consistent_rms": 0.2} | options))
-
-
-def _schedule_free_adamw(learning_rate: optax.ScalarOrSchedule, **options: Any) -> Any:
-  return optax.contrib.schedule_free_adamw(learning_rate, **options)
-
-
-def _averaged(inner: Callable[..., optax.GradientTransformation]) -> Callable[..., Any]:
-  """``inner`` fed the average gradient as ``avggrad.adam`` is (trapezoid, accelerate-only,
-  span 8, the far end on ``far_batch_fraction`` of the batch when given)."""
-
-  def factory(learning_rate: optax.ScalarOrSchedule, *, span: float = 8.0,
-              far_batch_fraction: Optional[float] = None, **options: Any) -> Any:
-    return avggrad.average_gradient(
-        inner(learning_rate, **options), estimator="trapezoid", span=span,
-        combine="accelerate", far_batch_fraction=far_batch_fraction)
-
-  return factory
-
-
-_OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
-    "rmsprop": avggrad.rmsprop_baseline,
-    "avg-rmsprop": avggrad.rmsprop,
-    "adam": avggrad.adam_baseline,
-    "avg-adam": avggrad.adam,
-    "optax-rmsprop": optax.rmsprop,
-    "optax-adam": optax.adam,
-    "sgd": optax.sgd,
-    # Peers users would pick instead (Optax's own implementations):
-    "adamw": optax.adamw,
-    "nadam": optax.nadam,
-    "lion": optax.lion,
-    "adopt": optax.contrib.adopt,
-    "muon": _muon,
-    "sophia": _sophia,
-    "sam": _sam,
-    "schedule-free-adamw": _schedule_free_adamw,
-    # ... and some of them fed the average gradient:
-    "avg-adamw": _averaged(optax.adamw),
-    "avg-nadam": _averaged(optax.nadam),
-    "avg-lion": _averaged(optax.lion),
-    "avg-muon": _averaged(_muon),
-}
-OPTIMIZERS: tuple[str, ...] = tuple(_OPTIMIZERS)
-_BUILTIN: frozenset[str] = frozenset(_OPTIMIZERS)
-
-
-def register_optimizer(name: str, factory: Callable[..., optax.GradientTransformation]) -> None:
-  """Makes ``factory(learning_rate, **options)`` available to specs as ``name`` (for
-  experiments; the built-in names cannot be replaced)."""
-  global OPTIMIZERS
-  if name in _BUILTIN:
-    raise ValueError(f"{name!r} is a built-in optimizer.")
-  _OPTIMIZERS[name] = factory
-  OPTIMIZERS = tuple(_OPTIMIZERS)
-
-_FLOAT_OPTIONS = {"span", "decay", "eps", "eps_root", "b1", "b2", "momentum", "initial_scale",
-                  "far_batch_fraction", "max_gain", "weight_decay", "rho", "gamma"}
-_INT_OPTIONS = {"num_points", "probes"}
-_STR_OPTIONS = {"estimator", "update_range", "accumulate", "combine", "far_dtype"}
 SCHEDULES: tuple[str, ...] = ("constant", "warmup_cosine")
 
 
 class NonFiniteLossError(FloatingPointError):
   """Raised by :func:`train` with ``raise_on_nonfinite=True`` when the loss diverges."""
-
-
-def parse_optimizer(spec: str) -> tuple[str, dict[str, Any]]:
-  """Splits ``"name:key=value,key=value"`` into the name and typed options.
-
-  Example:
-    >>> parse_optimizer("avg-adam:span=8,combine=accelerate")
-    ('avg-adam', {'span': 8.0, 'combine': 'accelerate'})
-  """
-  name, _, rest = spec.partition(":")
-  if name not in _OPTIMIZERS:
-    raise ValueError(f"Unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}.")
-  options: dict[str, Any] = {}
-  for item in filter(None, rest.split(",")):
-    key, sep, value = item.partition("=")
-    key = key.strip().replace("-", "_")
-    if not sep:
-      raise ValueError(f"Optimizer option {item!r} in {spec!r} is not of the form key=value.")
-    try:
-      if key == "far_batch_fraction" and value.strip() == "auto":
-        options[key] = "auto"
-      elif key in _FLOAT_OPTIONS:
-        options[key] = float(value)
-      elif key in _INT_OPTIONS:
-        options[key] = int(value)
-      elif key in _STR_OPTIONS:
-        options[key] = value.strip()
-      else:
-        known = sorted(_FLOAT_OPTIONS | _INT_OPTIONS | _STR_OPTIONS)
-        raise ValueError(
-            f"Unknown optimizer option {key!r} in {spec!r}; expected one of {', '.join(known)}."
-        )
-    except ValueError as e:
-      if "Unknown optimizer option" in str(e):
-        raise
-      raise ValueError(f"Bad value {value!r} for optimizer option {key!r} in {spec!r}.") from e
-  return name, options
-
-
-def make_optimizer(
-    spec: str, learning_rate: optax.ScalarOrSchedule
-) -> optax.GradientTransformationExtraArgs:
-  """Builds the optimizer a spec names (see :data:`OPTIMIZERS` and :func:`parse_optimizer`).
-
-  ``rmsprop`` and ``adam`` are avggrad's same-core baselines (``eps`` outside the root);
-  ``optax-rmsprop`` and ``optax-adam`` are Optax's own.
-  """
-  name, options = parse_optimizer(spec)
-  try:
-    tx = _OPTIMIZERS[name](learning_rate, **options)
-  except TypeError as e:
-    raise ValueError(f"Optimizer {name!r} does not take the options {sorted(options)}: {e}") from e
-  return optax.with_extra_args_support(tx)
 
 
 @dataclasses.dataclass
@@ -266,7 +124,7 @@ class TrainConfig:
       raise ValueError(
           f"divergence_factor must be 0 (off) or positive, got {self.divergence_factor}."
       )
-    parse_optimizer(self.optimizer)
+    optimizers.parse_optimizer(self.optimizer)
 
 
 @dataclasses.dataclass
@@ -357,6 +215,12 @@ def make_model(config: TrainConfig, train: data_lib.Dataset, rngs: nnx.Rngs) -> 
                    **common)
 
 
+def make_tx(config: TrainConfig, lr: Any = None) -> optax.GradientTransformationExtraArgs:
+  """The optimizer of a configuration (:func:`avggrad.optimizers.make_optimizer`) with its
+  learning rate or schedule peaking at ``lr`` (default ``config.lr``; may be traced)."""
+  return optimizers.make_optimizer(config.optimizer, learning_rate(config, lr))
+
+
 def cross_entropy(model: nnx.Module, x: jax.Array, y: jax.Array) -> jax.Array:
   """Mean softmax cross-entropy of the model's logits."""
   return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
@@ -373,36 +237,33 @@ def loss_fn(graphdef: Any, rest: Any) -> Callable[[Any, tuple[jax.Array, jax.Arr
   return value_fn
 
 
-def train_step(model: nnx.Module, optimizer: nnx.Optimizer, x: jax.Array, y: jax.Array):
-  """One step: loss and gradient at the current weights, then ``optimizer.update``.
+def update_step(tx: optax.GradientTransformation, graphdef: Any, params: Any, rest: Any,
+                opt_state: Any, x: jax.Array, y: jax.Array) -> tuple[Any, Any, jax.Array]:
+  """One training step, the one :func:`train` and :func:`avggrad.sweep.sweep` both run:
+  the loss and gradient at the current weights, then the optimizer's update.
 
-  The optimizer receives ``value_fn(params, batch)`` (on the pure ``nnx.Param`` state) and
-  ``batch=(x, y)``, as average-gradient optimizers need.
+  The optimizer receives ``value_fn(params, batch)`` (:func:`loss_fn`) and ``batch=(x, y)``,
+  as average-gradient optimizers need (all others ignore them). Returns the new parameters,
+  the new optimizer state and the loss before the update.
   """
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   value_fn = loss_fn(graphdef, rest)
   loss, grads = jax.value_and_grad(value_fn)(params, (x, y))
-  optimizer.update(model, grads, value_fn=value_fn, batch=(x, y))
-  return loss
+  updates, opt_state = tx.update(grads, opt_state, params, value_fn=value_fn, batch=(x, y))
+  return optax.apply_updates(params, updates), opt_state, loss
 
 
-def step_fn(graphdef: Any) -> Callable:
-  """``step(state, x_all, y_all, batch_idx) -> (state, loss)``: one training step on the
-  minibatch ``x_all[batch_idx]``; ``state`` is the ``nnx.split((model, optimizer))`` state
-  belonging to ``graphdef``. (One compiled step per call: on CPU a ``lax.scan`` over steps
-  made convolutions several times slower.)"""
-
-  def step(state: Any, x_all: jax.Array, y_all: jax.Array, batch_idx: jax.Array):
-    model, optimizer = nnx.merge(graphdef, state)
-    loss = train_step(model, optimizer, x_all[batch_idx], y_all[batch_idx])
-    return nnx.state((model, optimizer)), loss
-
-  return step
+def eval_sums(graphdef: Any, params: Any, rest: Any, x: jax.Array,
+              y: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Summed cross-entropy and count of correct predictions on ``x, y`` (tokens for a
+  language model)."""
+  logits = nnx.merge(graphdef, params, rest)(x)
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).sum()
+  return loss, (jnp.argmax(logits, -1) == y).sum()
 
 
 def batch_indices(num_examples: int, batch_size: int, steps: int, seed: int) -> np.ndarray:
   """Minibatch indices for every step, ``(steps, batch_size)``: shuffled epochs, the same for
-  every optimizer."""
+  every optimizer (and the first ``k`` rows the same for any budget of at least ``k``)."""
   rng = np.random.default_rng(seed)
   per_epoch = max(1, num_examples // batch_size)
   epochs = -(-steps // per_epoch)
@@ -412,27 +273,10 @@ def batch_indices(num_examples: int, batch_size: int, steps: int, seed: int) -> 
   return order[: steps * batch_size].reshape(steps, batch_size).astype(np.int32)
 
 
-_batch_indices = batch_indices  # the name earlier versions used
-
-
-def evaluate_fn(graphdef: Any) -> Callable:
-  """``evaluate(model_state, x, y) -> (summed loss, correct count)``, jit-compiled."""
-
-  @jax.jit
-  def evaluate(state: Any, x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
-    model = nnx.merge(graphdef, state)
-    logits = model(x)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).sum()
-    correct = (jnp.argmax(logits, -1) == y).sum()
-    return loss, correct
-
-  return evaluate
-
-
 def evaluate_in_batches(evaluate: Callable, state: Any, x: np.ndarray, y: np.ndarray,
                         batch: int = 1000) -> tuple[Any, Any]:
-  """Mean loss and accuracy of ``evaluate`` over ``x, y`` in batches (arrays when
-  ``evaluate`` is vmapped over runs)."""
+  """Mean loss and accuracy of ``evaluate(state, x, y) -> (summed loss, correct)`` over
+  ``x, y`` in batches (arrays when ``evaluate`` is vmapped over runs)."""
   total, correct = 0.0, 0
   for start in range(0, len(y), batch):
     loss, hits = evaluate(state, x[start : start + batch], y[start : start + batch])
@@ -451,7 +295,7 @@ class MetricsLog:
 
   def __init__(self, out_dir: Optional[str], config: TrainConfig):
     self._file = None
-    if out_dir:
+    if out_dir and jax.process_index() == 0:
       os.makedirs(out_dir, exist_ok=True)
       with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(dataclasses.asdict(config), f, indent=2)
@@ -475,19 +319,251 @@ class MetricsLog:
     self.close()
 
 
-def compile_step(config: TrainConfig, train_data: data_lib.Dataset) -> tuple[Any, Any, Any, float]:
-  """The model and optimizer of a run as ``(graphdef, state)``, its compiled step (state
-  donated) and the compile time in seconds."""
-  tx = make_optimizer(config.optimizer, learning_rate(config))
+class Compiled:
+  """``jax.jit(fn)`` compiled ahead of time for each shape of its arguments after the first
+  (the state, whose shapes do not change): the data and the minibatch indices of a step or a
+  chunk. ``seconds`` is the total compile time, the same figure for :func:`train` and
+  :func:`avggrad.sweep.sweep`."""
+
+  def __init__(self, fn: Callable[..., Any], donate_argnums: tuple[int, ...] = (0,)):
+    self._jit = jax.jit(fn, donate_argnums=donate_argnums)
+    self._cache: dict[tuple[int, ...], Any] = {}
+    self.seconds = 0.0
+
+  def compile(self, *args: Any) -> Any:
+    """The executable for these arguments' shapes (compiled on first use)."""
+    key = tuple((np.shape(x), str(getattr(x, "dtype", ""))) for x in jax.tree.leaves(args[1:]))
+    if key not in self._cache:
+      start = time.perf_counter()
+      self._cache[key] = self._jit.lower(*args).compile()
+      self.seconds += time.perf_counter() - start
+    return self._cache[key]
+
+  def __call__(self, *args: Any) -> Any:
+    return self.compile(*args)(*args)
+
+
+@dataclasses.dataclass
+class Program:
+  """One run, or many trained together, as the shared loop (:func:`run_loop`) drives it.
+
+  Attributes:
+    carry: ``(params, opt_state)`` (leading runs axis when ``num_runs > 1``).
+    advance: ``(carry, idx) -> (carry, losses)`` for the minibatch indices ``idx`` of a
+      chunk of steps; ``losses`` is ``(steps, num_runs)`` or ``(steps,)``.
+    evaluate: ``(params, x, y) -> (summed loss, correct)``, per run.
+    compiled: the compiled pieces whose ``seconds`` add up to the compile time.
+    num_runs: how many runs ``carry`` holds.
+  """
+
+  carry: Any
+  advance: Callable[[Any, Any], tuple[Any, Any]]
+  evaluate: Callable[..., Any]
+  compiled: list[Compiled]
+  num_runs: int = 1
+
+
+def chunk_advance(step: Callable[..., Any], x_all: Any, y_all: Any, dp: parallel.DataParallel,
+                  *, scan: bool, batch_axis: int) -> tuple[Callable, Compiled]:
+  """``advance(carry, idx)`` from ``step(carry, x, y) -> (carry, loss)``: the minibatches
+  ``x_all[idx[i]]`` (sharded over the data axis), one compiled call per step, or one
+  ``lax.scan`` per chunk."""
+
+  def one(carry: Any, x_all: Any, y_all: Any, row: jax.Array) -> tuple[Any, jax.Array]:
+    x, y = dp.constrain_batch((x_all[row], y_all[row]), batch_axis)
+    return step(carry, x, y)
+
+  if scan:
+    compiled = Compiled(lambda carry, x_all, y_all, idx: jax.lax.scan(
+        lambda c, row: one(c, x_all, y_all, row), carry, idx))
+    return (lambda carry, idx: compiled(carry, x_all, y_all, idx)), compiled
+  compiled = Compiled(one)
+
+  def advance(carry: Any, idx: Any) -> tuple[Any, jax.Array]:
+    losses = []
+    for row in idx:
+      carry, loss = compiled(carry, x_all, y_all, row)
+      losses.append(loss)
+    return carry, jnp.stack(losses)
+
+  return advance, compiled
+
+
+@dataclasses.dataclass
+class LoopResult:
+  """What :func:`run_loop` produced, per run."""
+
+  carry: Any
+  losses: list[list[float]]
+  evals: list[list[dict[str, float]]]
+  statuses: list[str]
+  test_loss: list[float]
+  test_accuracy: list[float]
+  seconds_per_step: float
+  compile_seconds: float
+
+
+def _boundaries(steps: int, start: int, *every: int) -> list[int]:
+  """The steps after ``start`` where the loop stops to evaluate or checkpoint."""
+  marks = {steps}
+  for k in every:
+    if k:
+      marks.update(range(k, steps, k))
+  return sorted(m for m in marks if m > start)
+
+
+def run_loop(config: TrainConfig, program: Program, indices: Any, *, eval_data: tuple,
+             test_data: tuple, desc: str, progress: bool = True,
+             log: Optional[MetricsLog] = None, resume: Optional[dict[str, Any]] = None,
+             checkpoint: Optional[Callable[[int, Any, dict[str, Any]], None]] = None,
+             checkpoint_every: int = 0) -> LoopResult:
+  """The chunked loop of :func:`train` and :func:`avggrad.sweep.sweep`.
+
+  Runs the steps in chunks up to each evaluation (every ``config.eval_every`` steps) and
+  checkpoint; after each chunk it fetches the losses, marks runs that diverged
+  (:func:`avggrad.metrics.divergence_step`), evaluates the training loss and accuracy on
+  ``eval_data`` and reports progress. It stops when every run has diverged or the budget is
+  spent, then evaluates the runs still alive on ``test_data``. The time per step leaves out
+  the compilation and the first chunk (warm-up). ``resume`` is a checkpoint's record
+  (``step``, ``losses``, ``evals``) to continue from; ``checkpoint(step, carry, record)`` is
+  called every ``checkpoint_every`` steps.
+  """
+  runs = program.num_runs
+  window = metrics.default_window(config.steps)
+  step = int(resume["step"]) if resume else 0
+  losses = np.zeros((config.steps, runs))
+  evals: list[list[dict[str, float]]] = [[] for _ in range(runs)]
+  if resume:
+    losses[:step] = np.asarray(resume["losses"], np.float64).reshape(step, runs)
+    evals = [list(e) for e in resume["evals"]]
+  stopped: list[Optional[int]] = [None] * runs
+  carry = program.carry
+  timed_seconds, timed_steps, elapsed = 0.0, 0, 0.0
+
+  def evaluate_now(at: int) -> None:
+    loss, acc = evaluate_in_batches(program.evaluate, carry[0], *eval_data)
+    loss, acc = np.atleast_1d(loss), np.atleast_1d(acc)
+    for r in range(runs):
+      if stopped[r] is None:
+        evals[r].append({"step": at, "train_loss": float(loss[r]),
+                         "train_accuracy": float(acc[r])})
+    if log is not None and stopped[0] is None:
+      log.write(evals[0][-1] | {"elapsed": elapsed})
+
+  with Progress(config.steps, desc, enabled=progress) as bar:
+    if not resume:
+      evaluate_now(0)
+    else:
+      bar.update(step)
+    first = True
+    for stop_at in _boundaries(config.steps, step, config.eval_every, checkpoint_every):
+      size = stop_at - step
+      tick = time.perf_counter()
+      compile_before = sum(c.seconds for c in program.compiled)
+      carry, chunk = program.advance(carry, indices[step:stop_at])
+      chunk = np.asarray(jax.device_get(chunk), np.float64).reshape(size, runs)
+      seconds = time.perf_counter() - tick - (sum(c.seconds for c in program.compiled)
+                                              - compile_before)
+      elapsed += seconds
+      if not first:
+        timed_seconds += seconds
+        timed_steps += size
+      first = False
+      losses[step:stop_at] = chunk
+      step = stop_at
+      for r in range(runs):
+        if stopped[r] is None:
+          stopped[r] = metrics.divergence_step(losses[:step, r], config.divergence_factor,
+                                               window)
+      if all(s is not None for s in stopped):
+        break
+      if step % config.eval_every == 0 or step == config.steps:
+        evaluate_now(step)
+      alive = [r for r in range(runs) if stopped[r] is None]
+      bar.update(size, loss=float(min(evals[r][-1]["train_loss"] for r in alive)))
+      if checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
+        checkpoint(step, carry, {"step": step, "losses": losses[:step].tolist(),
+                                 "evals": evals})
+    test_loss = test_acc = np.full(runs, np.nan)
+    if any(s is None for s in stopped):
+      test_loss, test_acc = (np.atleast_1d(v) for v in
+                             evaluate_in_batches(program.evaluate, carry[0], *test_data))
+  statuses = ["ok" if s is None else f"diverged at step {s}" for s in stopped]
+  return LoopResult(
+      carry=carry,
+      losses=[(losses[:step, r] if s is None else losses[: s + 1, r]).tolist()
+              for r, s in enumerate(stopped)],
+      evals=evals, statuses=statuses,
+      test_loss=[float(v) if s is None else math.nan for v, s in zip(test_loss, stopped)],
+      test_accuracy=[float(v) if s is None else math.nan for v, s in zip(test_acc, stopped)],
+      seconds_per_step=(timed_seconds / timed_steps if timed_steps
+                        else elapsed / max(step - (int(resume["step"]) if resume else 0), 1)),
+      compile_seconds=sum(c.seconds for c in program.compiled),
+  )
+
+
+def _placed_eval(dp: parallel.DataParallel, x: np.ndarray, y: np.ndarray) -> tuple:
+  """Evaluation data as the devices read it (replicated on a mesh, host arrays otherwise)."""
+  if dp.mesh is None:
+    return x, y
+  return dp.place_data(x), dp.place_data(y)
+
+
+def single_program(config: TrainConfig, train_data: data_lib.Dataset,
+                   dp: parallel.DataParallel) -> tuple[Program, Any]:
+  """The :class:`Program` of one run (one compiled call per step) and the model's graphdef."""
+  dp.check_batch(config.batch_size)
   model = make_model(config, train_data, nnx.Rngs(config.seed))
-  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-  graphdef, state = nnx.split((model, optimizer))
-  x = jnp.asarray(train_data.x)
-  y = jnp.asarray(train_data.y)
-  idx = jnp.zeros((config.batch_size,), jnp.int32)
-  start = time.perf_counter()
-  compiled = jax.jit(step_fn(graphdef), donate_argnums=0).lower(state, x, y, idx).compile()
-  return graphdef, state, compiled, time.perf_counter() - start
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  tx = make_tx(config)
+  params = dp.place_state(params)
+  rest = dp.place_state(rest)
+  opt_state = dp.place_state(jax.jit(tx.init)(params))
+
+  def step(carry: Any, x: jax.Array, y: jax.Array) -> tuple[Any, jax.Array]:
+    params, opt_state = carry
+    params, opt_state, loss = update_step(tx, graphdef, params, rest, opt_state, x, y)
+    return (params, opt_state), loss
+
+  x_all, y_all = dp.place_data(train_data.x), dp.place_data(train_data.y)
+  advance, compiled = chunk_advance(step, x_all, y_all, dp, scan=False, batch_axis=0)
+  evaluate = jax.jit(lambda p, x, y: eval_sums(graphdef, p, rest, x, y))
+  return Program(carry=(params, opt_state), advance=advance, evaluate=evaluate,
+                 compiled=[compiled]), graphdef
+
+
+def compile_step(config: TrainConfig, train_data: data_lib.Dataset,
+                 dp: Optional[parallel.DataParallel] = None) -> tuple[Any, Any, Any, float]:
+  """The compiled training step of one run, as :func:`train` runs it, for timing:
+  ``(graphdef, carry, step, compile seconds)`` with ``step(carry, x_all, y_all, idx) ->
+  (carry, loss)`` (``carry`` donated)."""
+  dp = dp or parallel.DataParallel(None)
+  program, graphdef = single_program(config, train_data, dp)
+  x_all, y_all = dp.place_data(train_data.x), dp.place_data(train_data.y)
+  idx = dp.place_batch(np.zeros((config.batch_size,), np.int32))
+  compiled = program.compiled[0]
+  compiled.compile(program.carry, x_all, y_all, idx)
+  return graphdef, program.carry, compiled, compiled.seconds
+
+
+def _checkpointing(config: TrainConfig, directory: Optional[str], every: int,
+                   carry: Any, indices: np.ndarray):
+  """Opens the run's checkpoints: ``(checkpointer, carry, resume record)``."""
+  if not directory:
+    if every:
+      raise ValueError("checkpoint_every needs checkpoint_dir.")
+    return None, carry, None
+  if every < 1:
+    raise ValueError(f"checkpoint_every must be a positive number of steps, got {every}.")
+  ckpt = checkpoint_lib.Checkpointer(directory, dataclasses.asdict(config))
+  step = ckpt.latest_step()
+  if step is None:
+    return ckpt, carry, None
+  carry, record = ckpt.restore(step, carry)
+  if not np.array_equal(np.asarray(record["indices"], np.int32), indices[:step]):
+    raise checkpoint_lib.CheckpointError(
+        f"the checkpoint at step {step} in {directory} was trained on another data order.")
+  return ckpt, carry, record
 
 
 def train(
@@ -498,6 +574,10 @@ def train(
     out_dir: Optional[str] = None,
     progress: bool = True,
     raise_on_nonfinite: bool = False,
+    devices: Union[None, int, Sequence[jax.Device]] = None,
+    shard_params: bool = False,
+    checkpoint_dir: Optional[str] = None,
+    checkpoint_every: int = 0,
 ) -> RunResult:
   """Trains one configuration and returns its :class:`RunResult`.
 
@@ -509,87 +589,56 @@ def train(
     progress: report progress (a bar on a terminal, one line per evaluation otherwise).
     raise_on_nonfinite: raise :class:`NonFiniteLossError` (after writing the log) instead of
       returning a result with ``status="diverged at step N"``.
+    devices: data parallelism over all devices JAX sees (``None``, the default), the first
+      ``n`` (an int: ``1`` for one device) or the given devices: the batch is sharded over a
+      ``data`` mesh axis (:mod:`avggrad.parallel`).
+    shard_params: shard parameters and optimizer state over the devices (FSDP-style)
+      instead of replicating them.
+    checkpoint_dir: save checkpoints there (:mod:`avggrad.checkpoint`) and, if it holds one
+      of this configuration, resume from the latest.
+    checkpoint_every: steps between checkpoints (needs ``checkpoint_dir``).
 
   Returns:
-    The :class:`RunResult`.
+    The :class:`RunResult` (with a checkpoint, of the whole run, restored steps included).
   """
   config.validate()
   if train_data is None or test_data is None:
     loaded = load_splits(config)
     train_data, test_data = train_data or loaded[0], test_data or loaded[1]
-  graphdef, state, compiled, compile_seconds = compile_step(config, train_data)
-  model_graphdef = nnx.graphdef(nnx.merge(graphdef, state)[0])
-  evaluate = evaluate_fn(model_graphdef)
-  x_all, y_all = jnp.asarray(train_data.x), jnp.asarray(train_data.y)
-  indices = jnp.asarray(batch_indices(len(train_data), config.batch_size, config.steps,
-                                      config.seed))
-  eval_x = train_data.x[: config.eval_examples]
-  eval_y = train_data.y[: config.eval_examples]
-  window = metrics.default_window(config.steps)
+  dp = parallel.DataParallel.create(devices, shard_params)
+  program, _ = single_program(config, train_data, dp)
+  indices = batch_indices(len(train_data), config.batch_size, config.steps, config.seed)
+  ckpt, program.carry, resume = _checkpointing(config, checkpoint_dir, checkpoint_every,
+                                               program.carry, indices)
 
-  def model_state(state: Any) -> Any:
-    return nnx.state(nnx.merge(graphdef, state)[0])
+  def save(step: int, carry: Any, record: dict[str, Any]) -> None:
+    ckpt.save(step, carry, record | {"indices": indices[:step].tolist()})
 
-  evals: list[dict[str, float]] = []
-  losses: list[float] = []
-  status = "ok"
-  run_seconds = 0.0  # all chunks (the elapsed time in the log)
-  timed_seconds, timed_steps = 0.0, 0  # chunks after the first (warm), for seconds_per_step
-  with MetricsLog(out_dir, config) as log, Progress(
-      config.steps, f"{config.optimizer} lr={config.lr:g}", enabled=progress) as bar:
-
-    def evaluate_now(step: int) -> None:
-      loss, acc = evaluate_in_batches(evaluate, model_state(state), eval_x, eval_y)
-      entry = {"step": step, "train_loss": loss, "train_accuracy": acc}
-      evals.append(entry)
-      log.write(entry | {"elapsed": run_seconds})
-
-    evaluate_now(0)
-    step = 0
-    while step < config.steps:
-      size = min(config.eval_every, config.steps - step)
-      tick = time.perf_counter()
-      chunk_losses = []
-      for i in range(step, step + size):
-        state, loss = compiled(state, x_all, y_all, indices[i])
-        chunk_losses.append(loss)
-      losses.extend(np.asarray(jax.device_get(chunk_losses), np.float64).tolist())
-      seconds = time.perf_counter() - tick
-      run_seconds += seconds
-      if step > 0:
-        timed_seconds += seconds
-        timed_steps += size
-      stop = metrics.divergence_step(losses, config.divergence_factor, window)
-      if stop is not None:
-        del losses[stop + 1:]
-        status = f"diverged at step {stop}"
-        break
-      step += size
-      evaluate_now(step)
-      bar.update(size, loss=evals[-1]["train_loss"])
-    if status == "ok":
-      test_loss, test_acc = evaluate_in_batches(evaluate, model_state(state), test_data.x,
-                                                test_data.y)
-    else:
-      test_loss, test_acc = math.nan, math.nan
-    result = RunResult(
-        config=dataclasses.asdict(config),
-        losses=losses,
-        evals=evals,
-        status=status,
-        test_loss=test_loss,
-        test_accuracy=test_acc,
-        seconds_per_step=(timed_seconds / timed_steps if timed_steps
-                          else run_seconds / max(len(losses), 1)),
-        compile_seconds=compile_seconds,
-    )
-    log.write({"event": "end", "status": status, "test_loss": test_loss,
-               "test_accuracy": test_acc, "seconds_per_step": result.seconds_per_step,
-               "compile_seconds": compile_seconds, "losses": losses})
-  if status != "ok" and raise_on_nonfinite:
+  eval_data = _placed_eval(dp, train_data.x[: config.eval_examples],
+                           train_data.y[: config.eval_examples])
+  try:
+    with MetricsLog(out_dir, config) as log:
+      out = run_loop(config, program, dp.place_batch(indices, 1), eval_data=eval_data,
+                     test_data=_placed_eval(dp, test_data.x, test_data.y),
+                     desc=f"{config.optimizer} lr={config.lr:g}", progress=progress, log=log,
+                     resume=resume, checkpoint=save if ckpt else None,
+                     checkpoint_every=checkpoint_every)
+      result = RunResult(
+          config=dataclasses.asdict(config), losses=out.losses[0], evals=out.evals[0],
+          status=out.statuses[0], test_loss=out.test_loss[0],
+          test_accuracy=out.test_accuracy[0], seconds_per_step=out.seconds_per_step,
+          compile_seconds=out.compile_seconds)
+      log.write({"event": "end", "status": result.status, "test_loss": result.test_loss,
+                 "test_accuracy": result.test_accuracy,
+                 "seconds_per_step": result.seconds_per_step,
+                 "compile_seconds": result.compile_seconds, "losses": result.losses})
+  finally:
+    if ckpt is not None:
+      ckpt.close()
+  if result.diverged and raise_on_nonfinite:
     raise NonFiniteLossError(
         f"{config.optimizer} (lr={config.lr:g}): the training loss became non-finite or "
-        f"exceeded {config.divergence_factor:g}x its initial loss ({status}); the log is kept"
-        f"{' in ' + out_dir if out_dir else ''}."
+        f"exceeded {config.divergence_factor:g}x its initial loss ({result.status}); the log "
+        f"is kept{' in ' + out_dir if out_dir else ''}."
     )
   return result

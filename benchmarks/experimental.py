@@ -1,7 +1,7 @@
 """Experimental optimizers for research probes (not part of the library).
 
-Importing this module registers them with ``avggrad.training`` so that grid files can name
-them:
+:func:`register` makes them known to ``avggrad.optimizers`` so that grid files can name them
+(the benchmark runner calls it before it reads a grid):
 
 * ``pc-adam`` / ``pc-rmsprop``: the *per-coordinate* reading of the average gradient (design
   brief section 3). Each weight's gradient is averaged over its own range with the others
@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 
 import avggrad
-from avggrad import training
+from avggrad import optimizers
 from avggrad.transforms import COMBINES
 
 
@@ -75,11 +75,6 @@ def _pc_rmsprop(learning_rate, **options) -> optax.GradientTransformationExtraAr
   return per_coordinate_average(avggrad.rmsprop_baseline(learning_rate), **options)
 
 
-for _name, _factory in [("pc-adam", _pc_adam), ("pc-rmsprop", _pc_rmsprop)]:
-  if _name not in training.OPTIMIZERS:
-    training.register_optimizer(_name, _factory)
-
-
 class PreviousGradientState(NamedTuple):
   inner_state: optax.OptState
   previous: Any
@@ -110,5 +105,11 @@ def _prev_adam(learning_rate, **options) -> optax.GradientTransformation:
   return previous_gradient_control(avggrad.adam_baseline(learning_rate), **options)
 
 
-if "prev-adam" not in training.OPTIMIZERS:
-  training.register_optimizer("prev-adam", _prev_adam)
+EXPERIMENTAL = {"pc-adam": _pc_adam, "pc-rmsprop": _pc_rmsprop, "prev-adam": _prev_adam}
+"""The research optimizers by name."""
+
+
+def register() -> None:
+  """Registers :data:`EXPERIMENTAL` with :mod:`avggrad.optimizers` (repeat calls are no-ops)."""
+  for name, factory in EXPERIMENTAL.items():
+    optimizers.register_optimizer(name, factory)

@@ -20,6 +20,7 @@ import argparse
 import math
 from typing import Any, Optional
 
+from avggrad import protocol
 from benchmarks import report
 
 # (column title, optimizer label, baseline key) in the order the README shows them; the
@@ -89,8 +90,8 @@ def cell(summary: dict[str, Any], label: str, baseline: str) -> str:
   suffix = f" [{s['name']}]" if "name" in s else ""
   if math.isinf(theirs):
     return ("n.r. (both)" if math.isinf(mine) else "reached; baseline n.r.") + suffix
-  iters = report.fmt_ratio(report._ratio(mine, theirs))
-  wall = report.fmt_ratio(report._ratio(s.get("wall_seconds", math.nan),
+  iters = report.fmt_ratio(protocol.ratio(mine, theirs))
+  wall = report.fmt_ratio(protocol.ratio(s.get("wall_seconds", math.nan),
                                         base.get("wall_seconds", math.nan)))
   return (iters if iters in ("n.r.", "-") else f"{iters} ({wall})") + suffix
 

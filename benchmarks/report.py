@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from avggrad import data, metrics
+from avggrad import data, metrics, protocol
 from benchmarks import run as run_lib
 
 RMSPROP, ADAM = "rmsprop", "adam"
@@ -37,12 +37,6 @@ def fmt_ratio(value: float) -> str:
   if math.isnan(value):
     return "-"
   return "n.r." if math.isinf(value) else f"{value:.2f}"
-
-
-def _ratio(a: float, b: float) -> float:
-  if math.isnan(a) or math.isnan(b) or math.isinf(b) or b == 0:
-    return math.nan  # no finite, positive baseline figure to compare with
-  return math.inf if math.isinf(a) else a / b
 
 
 def summarize_task(grid: dict[str, Any], task: dict[str, Any],
@@ -65,10 +59,11 @@ def summarize_task(grid: dict[str, Any], task: dict[str, Any],
       continue
     scores = {lr: float(np.median([run_lib.final_loss(r) for r in rs]))
               for lr, rs in complete.items()}
-    best = min(scores, key=lambda lr: (scores[lr], lr))
+    best = protocol.best_lr({lr: [run_lib.final_loss(r) for r in rs]
+                             for lr, rs in complete.items()})
     runs = sorted(complete[best], key=lambda r: r["seed"])
-    iters = [metrics.iterations_to_target(r["losses"], target, window)
-             if target and r["status"] == "ok" else None for r in runs]
+    iters = [protocol.iterations(r["losses"], r["status"] == "ok", target or None, steps)
+             for r in runs]
     finals = [run_lib.final_loss(r) for r in runs]
     sps = float(np.median([r["seconds_per_step"] for r in runs]))
     out["optimizers"][label] = {
@@ -88,8 +83,8 @@ def summarize_task(grid: dict[str, Any], task: dict[str, Any],
   base_rms = out["optimizers"].get(RMSPROP, {}).get("median_iterations", math.nan)
   base_adam = out["optimizers"].get(ADAM, {}).get("median_iterations", math.nan)
   for s in out["optimizers"].values():
-    s["ratio_rmsprop"] = _ratio(s["median_iterations"], base_rms)
-    s["ratio_adam"] = _ratio(s["median_iterations"], base_adam)
+    s["ratio_rmsprop"] = protocol.ratio(s["median_iterations"], base_rms)
+    s["ratio_adam"] = protocol.ratio(s["median_iterations"], base_adam)
   # A target the baselines set without beating the uniform predictor (a plateau they never
   # leave) makes "iterations to target" measure noise around that loss, not progress.
   out["chance_loss"] = chance = math.log(data.NUM_CLASSES[config.dataset])
@@ -133,8 +128,8 @@ def add_wall_clock(task: str, summary: dict, overheads: Optional[dict]) -> None:
   base_rms = summary["optimizers"].get(RMSPROP, {}).get("wall_seconds", math.nan)
   base_adam = summary["optimizers"].get(ADAM, {}).get("wall_seconds", math.nan)
   for s in summary["optimizers"].values():
-    s["wall_ratio_rmsprop"] = _ratio(s["wall_seconds"], base_rms)
-    s["wall_ratio_adam"] = _ratio(s["wall_seconds"], base_adam)
+    s["wall_ratio_rmsprop"] = protocol.ratio(s["wall_seconds"], base_rms)
+    s["wall_ratio_adam"] = protocol.ratio(s["wall_seconds"], base_adam)
 
 
 def _step_seconds(task: str, label: str, summary: dict, overheads: Optional[dict]) -> float:

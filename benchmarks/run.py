@@ -2,7 +2,7 @@
 
 A grid file (JSON, see ``benchmarks/grids/``) lists tasks (dataset, model, depth,
 activation, initialisation, budget), optimizers (label -> spec, see
-``avggrad.training.parse_optimizer``), the shared learning-rate ladder (a task may give its own
+``avggrad.optimizers.parse_optimizer``), the shared learning-rate ladder (a task may give its own
 ``lrs``) and the seeds::
 
   {"name": "...", "defaults": {...TrainConfig fields...}, "lrs": [...], "seeds": [0, 1, 2],
@@ -58,14 +58,17 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
-from avggrad import data, metrics, sweep, training
-from benchmarks import experimental  # noqa: F401  (registers the research optimizers)
+from avggrad import data, optimizers, protocol, sweep, training
+from benchmarks import experimental
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 QUICK_GRID = os.path.join(HERE, "grids", "quick.json")
 
 
 def load_grid(path: str) -> dict[str, Any]:
+  """Reads and checks a grid file (the research optimizers of ``benchmarks.experimental``
+  are registered first, so grids may name them)."""
+  experimental.register()
   with open(path) as f:
     grid = json.load(f)
   for key in ("name", "lrs", "seeds", "optimizers", "tasks", "baselines"):
@@ -75,7 +78,7 @@ def load_grid(path: str) -> dict[str, Any]:
   if unknown:
     raise ValueError(f"{path}: baselines {unknown} are not among the optimizers.")
   for spec in grid["optimizers"].values():
-    training.parse_optimizer(spec)
+    optimizers.parse_optimizer(spec)
   for task in grid["tasks"]:
     for label in task_optimizers(grid, task):
       if label not in grid["optimizers"]:
@@ -244,16 +247,11 @@ class Runner:
     return by_lr
 
   def best_lr(self, task: dict[str, Any], label: str) -> Optional[float]:
-    """Lowest median final loss over seeds, among learning rates with every seed done."""
+    """:func:`avggrad.protocol.best_lr` among learning rates with every seed done."""
     seeds = self.grid["seeds"]
-    scores = {}
-    for lr, records in self.records(task, label).items():
-      if len(records) < len(seeds):
-        continue
-      scores[lr] = float(np.median([final_loss(r) for r in records]))
-    if not scores:
-      return None
-    return min(scores, key=lambda lr: (scores[lr], lr))
+    return protocol.best_lr({lr: [final_loss(r) for r in records]
+                             for lr, records in self.records(task, label).items()
+                             if len(records) >= len(seeds)})
 
   def lrs(self, task: dict[str, Any], label: str) -> list[float]:
     """The learning rates an optimizer starts from on a task: the task's ``lrs`` for that
@@ -298,7 +296,6 @@ class Runner:
       return task["target"]
     fraction = float(self.grid.get("target_fraction", 0.8))
     config = task_config(self.grid, task)
-    window = metrics.default_window(config.steps)
     best_label, best_score, best_lr = None, math.inf, None
     for label in self.grid["baselines"]:
       if label not in task_optimizers(self.grid, task):
@@ -311,13 +308,10 @@ class Runner:
         best_label, best_score, best_lr = label, score, lr
     if best_label is None:
       return None
-    index = int(round(fraction * config.steps)) - 1
-    values = []
-    for r in self.records(task, best_label)[best_lr]:
-      smoothed = metrics.smooth(r["losses"], window)
-      values.append(smoothed[index] if index < len(smoothed) and r["status"] == "ok"
-                    else math.inf)
-    target = float(f"{np.median(values):.5g}")
+    runs = self.records(task, best_label)[best_lr]
+    target = protocol.target_loss([(r["losses"], r["status"] == "ok") for r in runs],
+                                  fraction, config.steps)
+    target = float(f"{target:.5g}")
     # Re-read the grid so that concurrent shards do not overwrite each other's targets.
     grid = load_grid(self.grid_path)
     for t in grid["tasks"]:
@@ -325,7 +319,7 @@ class Runner:
         t["target"] = target
         t["target_source"] = (f"{best_label} (lr {best_lr:g}) smoothed loss at "
                               f"{fraction:.0%} of {config.steps} steps, median of "
-                              f"{len(values)} seeds")
+                              f"{len(runs)} seeds")
       task_target = t.get("target") if t["name"] == task["name"] else None
       if task_target is not None:
         target = task_target
@@ -336,8 +330,8 @@ class Runner:
 
 
 def final_loss(record: dict[str, Any]) -> float:
-  """:func:`avggrad.metrics.final_loss` of a run record."""
-  return metrics.final_loss(record["losses"], record["status"] != "ok")
+  """:func:`avggrad.protocol.score` of a run record."""
+  return protocol.score(record["losses"], record["status"] == "ok")
 
 
 def matches(label: str, patterns: str) -> bool:

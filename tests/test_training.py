@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from avggrad import cli, data, metrics, training
+from avggrad import cli, data, metrics, optimizers, training
 
 TINY = dict(depth=2, width=16, steps=40, batch_size=32, eval_every=20, eval_examples=200,
             limit=300)
@@ -43,7 +43,7 @@ def test_same_seed_same_run_and_same_batches(splits):
   other = training.TrainConfig(optimizer="adam", lr=1e-3, **TINY)
   c = training.train(other, train_data=splits[0], test_data=splits[1], progress=False)
   assert c.losses[0] == a.losses[0]  # same initial weights, same first minibatch
-  idx = training._batch_indices(300, 32, 40, seed=0)
+  idx = training.batch_indices(300, 32, 40, seed=0)
   assert idx.shape == (40, 32) and len(set(idx[:9].ravel())) == 9 * 32  # an epoch of 9 batches
 
 
@@ -62,16 +62,16 @@ def test_nonfinite_loss_stops_with_a_clear_message(tmp_path, splits):
 
 
 def test_optimizer_specs():
-  assert training.parse_optimizer("avg-rmsprop:update_range=previous,accumulate=point") == (
+  assert optimizers.parse_optimizer("avg-rmsprop:update_range=previous,accumulate=point") == (
       "avg-rmsprop", {"update_range": "previous", "accumulate": "point"})
   with pytest.raises(ValueError, match="Unknown optimizer 'lamb'"):
-    training.parse_optimizer("lamb")
+    optimizers.parse_optimizer("lamb")
   with pytest.raises(ValueError, match="Unknown optimizer option 'spam'"):
-    training.parse_optimizer("avg-adam:spam=1")
+    optimizers.parse_optimizer("avg-adam:spam=1")
   with pytest.raises(ValueError, match="Bad value 'x'"):
-    training.parse_optimizer("avg-adam:span=x")
+    optimizers.parse_optimizer("avg-adam:span=x")
   with pytest.raises(ValueError, match="does not take"):
-    training.make_optimizer("rmsprop:span=2", 1e-3)
+    optimizers.make_optimizer("rmsprop:span=2", 1e-3)
 
 
 def test_config_validation():
@@ -171,7 +171,7 @@ def test_python_dash_m_help():
   assert result.returncode == 0 and "--target-fraction" in result.stdout
 
 
-@pytest.mark.parametrize("spec", sorted(training._BUILTIN - {"optax-rmsprop", "optax-adam", "rmsprop",
+@pytest.mark.parametrize("spec", sorted(optimizers.BUILTIN - {"optax-rmsprop", "optax-adam", "rmsprop",
                                                          "adam", "avg-rmsprop", "avg-adam"}))
 def test_every_registered_optimizer_trains_in_a_sweep(spec, splits):
   """Each built-in optimizer (peers included) trains a tiny model with its learning rate as a

@@ -1,0 +1,211 @@
+"""The optimizer registry: every optimizer the command line, the training loop and the
+benchmarks know by name, and the spec strings that configure them.
+
+A spec is ``"name"`` or ``"name:key=value,key=value"`` (:func:`parse_optimizer`), e.g.
+``"avg-adam:span=4"`` or ``"rmsprop:momentum=0.9,nesterov=true"``. :func:`make_optimizer`
+builds it for a learning rate (a number, a traced value or a schedule).
+
+Built in (:data:`OPTIMIZERS`): avggrad's optimizers and their same-core baselines
+(``rmsprop``, ``avg-rmsprop``, ``adam``, ``avg-adam``: :mod:`avggrad.aliases`), Optax's own
+RMSProp and Adam, and the peers a user would pick instead (AdamW, NAdam, Lion, ADOPT, Muon,
+Sophia, SAM, schedule-free AdamW), some of them also wrapped in
+:func:`avggrad.average_gradient` with its defaults (``avg-adamw``, ``avg-nadam``, ``avg-lion``,
+``avg-muon``, ``avg-schedule-free-adamw``). Research code registers more with
+:func:`register_optimizer` (``benchmarks.experimental.register()``); registration is always an
+explicit call, never a side effect of an import.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import optax
+
+from avggrad import aliases, transforms
+
+Factory = Callable[..., optax.GradientTransformation]
+
+
+def _with_objective(tx: optax.GradientTransformation, name: str) -> optax.GradientTransformation:
+  """Adapts an Optax transformation that needs the loss under another name: ``obj_fn``
+  (params -> loss, Sophia) or ``grad_fn`` ((params, i) -> gradient, SAM's opaque mode), built
+  from the ``value_fn`` and ``batch`` every optimizer receives in :mod:`avggrad.training`."""
+
+  def update_fn(updates: Any, state: Any, params: Any = None, *, value_fn: Any = None,
+                batch: Any = None, **extra_args: Any) -> Any:
+    del extra_args
+    if value_fn is None:
+      raise TypeError(f"{name} needs value_fn (and batch) in update.")
+    loss = (lambda p: value_fn(p, batch)) if batch is not None else value_fn
+    if name == "sophia":
+      return tx.update(updates, state, params, obj_fn=loss)
+    return tx.update(updates, state, params, grad_fn=lambda p, _: jax.grad(loss)(p))
+
+  return optax.GradientTransformationExtraArgs(tx.init, update_fn)
+
+
+def sophia(learning_rate: optax.ScalarOrSchedule, **options: Any) -> optax.GradientTransformation:
+  """Optax's Sophia, fed the loss on the current batch."""
+  return _with_objective(optax.contrib.sophia(learning_rate, **options), "sophia")
+
+
+def sam(learning_rate: optax.ScalarOrSchedule, rho: float = 0.05,
+        **options: Any) -> optax.GradientTransformation:
+  """SAM (opaque mode) around Adam: one adversarial step of size ``rho`` along the normalised
+  gradient, then Adam on the gradient there; two gradients a step, as the average gradient."""
+  adversary = optax.chain(optax.contrib.normalize(), optax.sgd(rho))
+  return _with_objective(
+      optax.contrib.sam(optax.adam(learning_rate, **options), adversary, opaque_mode=True),
+      "sam")
+
+
+def muon(learning_rate: optax.ScalarOrSchedule, **options: Any) -> optax.GradientTransformation:
+  """Optax's Muon with ``consistent_rms=0.2``: updates sized like AdamW's, so one learning
+  rate serves its Newton-Schulz (matrices) and Adam (vectors) parts."""
+  return optax.contrib.muon(learning_rate, **({"consistent_rms": 0.2} | options))
+
+
+def averaged(inner: Factory) -> Factory:
+  """A factory of ``inner`` wrapped in :func:`avggrad.average_gradient` with its defaults
+  (the recommended form); wrapper options (``span``, ``far_batch_fraction``, ``estimator``,
+  ...) go to the wrapper, all others to ``inner``."""
+  wrapper_options = {"estimator", "num_points", "span", "update_range", "accumulate", "combine",
+                     "far_batch_fraction", "far_dtype", "max_gain"}
+
+  def factory(learning_rate: optax.ScalarOrSchedule, **options: Any) -> Any:
+    outer = {k: v for k, v in options.items() if k in wrapper_options}
+    rest = {k: v for k, v in options.items() if k not in wrapper_options}
+    return transforms.average_gradient(inner(learning_rate, **rest), **outer)
+
+  return factory
+
+
+_BUILTIN_FACTORIES: dict[str, Factory] = {
+    "rmsprop": aliases.rmsprop_baseline,
+    "avg-rmsprop": aliases.rmsprop,
+    "adam": aliases.adam_baseline,
+    "avg-adam": aliases.adam,
+    "optax-rmsprop": optax.rmsprop,
+    "optax-adam": optax.adam,
+    "sgd": optax.sgd,
+    # Peers users would pick instead (Optax's own implementations):
+    "adamw": optax.adamw,
+    "nadam": optax.nadam,
+    "lion": optax.lion,
+    "adopt": optax.contrib.adopt,
+    "muon": muon,
+    "sophia": sophia,
+    "sam": sam,
+    "schedule-free-adamw": optax.contrib.schedule_free_adamw,
+    # ... and some of them fed the average gradient:
+    "avg-adamw": averaged(optax.adamw),
+    "avg-nadam": averaged(optax.nadam),
+    "avg-lion": averaged(optax.lion),
+    "avg-muon": averaged(muon),
+    "avg-schedule-free-adamw": averaged(optax.contrib.schedule_free_adamw),
+}
+BUILTIN: frozenset[str] = frozenset(_BUILTIN_FACTORIES)
+_REGISTRY: dict[str, Factory] = dict(_BUILTIN_FACTORIES)
+
+FLOAT_OPTIONS: frozenset[str] = frozenset({
+    "span", "decay", "eps", "eps_root", "b1", "b2", "momentum", "initial_scale",
+    "far_batch_fraction", "max_gain", "weight_decay", "rho", "gamma", "warmup_steps"})
+INT_OPTIONS: frozenset[str] = frozenset({"num_points", "probes", "ns_steps"})
+STR_OPTIONS: frozenset[str] = frozenset({
+    "estimator", "update_range", "accumulate", "combine", "far_dtype"})
+BOOL_OPTIONS: frozenset[str] = frozenset({"nesterov"})
+OPTIONS: tuple[str, ...] = tuple(sorted(FLOAT_OPTIONS | INT_OPTIONS | STR_OPTIONS | BOOL_OPTIONS))
+"""Every option key a spec may carry (each optimizer takes the subset its factory accepts)."""
+
+
+def names() -> tuple[str, ...]:
+  """The registered optimizer names, built-in first, in registration order."""
+  return tuple(_REGISTRY)
+
+
+def __getattr__(name: str) -> Any:
+  if name == "OPTIMIZERS":  # always the current registry, registrations included
+    return names()
+  raise AttributeError(name)
+
+
+def register_optimizer(name: str, factory: Factory, *, replace: bool = False) -> None:
+  """Makes ``factory(learning_rate, **options)`` available to specs as ``name``.
+
+  Built-in names cannot be replaced; registering a name twice raises unless ``replace``
+  (or the factory is the same object, which makes repeated registration harmless).
+  """
+  if name in BUILTIN:
+    raise ValueError(f"{name!r} is a built-in optimizer.")
+  if ":" in name or "," in name or not name:
+    raise ValueError(f"Optimizer names cannot be empty or contain ':' or ','; got {name!r}.")
+  if name in _REGISTRY and _REGISTRY[name] is not factory and not replace:
+    raise ValueError(f"{name!r} is already registered (pass replace=True to replace it).")
+  _REGISTRY[name] = factory
+
+
+def _parse_value(key: str, value: str) -> Any:
+  value = value.strip()
+  if key == "far_batch_fraction" and value == "auto":
+    return "auto"
+  if key in FLOAT_OPTIONS:
+    return float(value)
+  if key in INT_OPTIONS:
+    return int(value)
+  if key in BOOL_OPTIONS:
+    if value.lower() not in ("true", "false", "1", "0"):
+      raise ValueError(value)
+    return value.lower() in ("true", "1")
+  return value
+
+
+def parse_optimizer(spec: str) -> tuple[str, dict[str, Any]]:
+  """Splits ``"name:key=value,key=value"`` into the name and typed options.
+
+  Raises:
+    ValueError: for an unknown name or option, or a value of the wrong type.
+
+  Example:
+    >>> parse_optimizer("avg-adam:span=8,combine=accelerate")
+    ('avg-adam', {'span': 8.0, 'combine': 'accelerate'})
+    >>> parse_optimizer("rmsprop:momentum=0.9,nesterov=true")
+    ('rmsprop', {'momentum': 0.9, 'nesterov': True})
+  """
+  name, _, rest = spec.partition(":")
+  if name not in _REGISTRY:
+    raise ValueError(f"Unknown optimizer {name!r}; expected one of {', '.join(names())}.")
+  options: dict[str, Any] = {}
+  for item in filter(None, rest.split(",")):
+    key, sep, value = item.partition("=")
+    key = key.strip().replace("-", "_")
+    if not sep:
+      raise ValueError(f"Optimizer option {item!r} in {spec!r} is not of the form key=value.")
+    if key not in OPTIONS:
+      raise ValueError(
+          f"Unknown optimizer option {key!r} in {spec!r}; expected one of {', '.join(OPTIONS)}.")
+    try:
+      options[key] = _parse_value(key, value)
+    except ValueError as e:
+      raise ValueError(f"Bad value {value!r} for optimizer option {key!r} in {spec!r}.") from e
+  return name, options
+
+
+def make_optimizer(spec: str, learning_rate: optax.ScalarOrSchedule
+                   ) -> optax.GradientTransformationExtraArgs:
+  """Builds the optimizer a spec names (see :func:`parse_optimizer`).
+
+  ``rmsprop`` and ``adam`` are avggrad's same-core baselines (``eps`` outside the root);
+  ``optax-rmsprop`` and ``optax-adam`` are Optax's own.
+
+  Example:
+    >>> tx = make_optimizer("avg-adam:span=4", 1e-3)
+    >>> type(tx).__name__
+    'GradientTransformationExtraArgs'
+  """
+  name, options = parse_optimizer(spec)
+  try:
+    tx = _REGISTRY[name](learning_rate, **options)
+  except TypeError as e:
+    raise ValueError(f"Optimizer {name!r} does not take the options {sorted(options)}: {e}") from e
+  return optax.with_extra_args_support(tx)

@@ -1,0 +1,137 @@
+"""Data parallelism as JAX users write it: a ``Mesh`` with a ``data`` axis, the batch sharded
+over it, the parameters replicated (or sharded, FSDP-style).
+
+:class:`DataParallel` is what :func:`avggrad.training.train`, :func:`avggrad.sweep.sweep`,
+``avggrad train``/``compare`` and the benchmark runner use to place their arrays. By default it
+takes every device JAX sees (all hosts' devices after ``jax.distributed.initialize()``); on one
+device it places nothing, so single-device runs are exactly what they were.
+
+The average gradient's far end on a sub-batch (``far_batch_fraction``) takes every k-th
+example of the batch (:func:`avggrad.transforms.select_far_examples`): with the batch sharded
+over ``data`` in contiguous blocks, each device keeps every k-th of its own examples, so the
+far end moves no examples between devices (``tests/sharding_check.py`` counts the
+collectives in the compiled step).
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> dp = DataParallel.create()
+  >>> dp.size >= 1
+  True
+  >>> x = dp.place_data(jnp.zeros((8, 3)))
+  >>> x.shape
+  (8, 3)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional, Sequence, Union
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = "data"
+"""The mesh axis the batch is sharded over."""
+
+
+def data_mesh(devices: Union[None, int, Sequence[jax.Device]] = None) -> Mesh:
+  """A one-axis ``Mesh`` named :data:`DATA_AXIS` over ``devices``: all devices JAX sees
+  (``None``), the first ``n`` of them (an int), or the given devices."""
+  available = jax.devices()
+  if devices is None:
+    chosen = available
+  elif isinstance(devices, int):
+    if not 1 <= devices <= len(available):
+      raise ValueError(f"devices must be between 1 and {len(available)} (the devices JAX "
+                       f"sees: {available[0].platform}), got {devices}.")
+    chosen = available[:devices]
+  else:
+    chosen = list(devices)
+  return Mesh(np.asarray(chosen), (DATA_AXIS,),
+              axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def fsdp_spec(shape: Sequence[int], size: int, skip_leading: bool = False) -> P:
+  """FSDP-style: shard the largest axis whose length ``size`` divides (replicate a leaf that
+  has none), skipping the leading axis when it indexes runs."""
+  axes = range(1 if skip_leading else 0, len(shape))
+  fits = [a for a in axes if shape[a] >= size and shape[a] % size == 0]
+  if not fits:
+    return P()
+  axis = max(fits, key=lambda a: (shape[a], -a))
+  return P(*([None] * axis), DATA_AXIS)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataParallel:
+  """Where a training loop puts its arrays.
+
+  Attributes:
+    mesh: the ``data`` mesh, or ``None`` on one device (nothing is placed).
+    shard_params: shard parameters and optimizer state FSDP-style (:func:`fsdp_spec`)
+      instead of replicating them.
+  """
+
+  mesh: Optional[Mesh]
+  shard_params: bool = False
+
+  @classmethod
+  def create(cls, devices: Union[None, int, Sequence[jax.Device]] = None,
+             shard_params: bool = False) -> "DataParallel":
+    """Over all devices by default (see :func:`data_mesh`); ``mesh=None`` on one."""
+    mesh = data_mesh(devices)
+    return cls(mesh if mesh.size > 1 else None, shard_params)
+
+  @property
+  def size(self) -> int:
+    """Devices along the ``data`` axis."""
+    return 1 if self.mesh is None else self.mesh.size
+
+  def check_batch(self, batch_size: int) -> None:
+    """Raises unless ``batch_size`` splits evenly over the devices."""
+    if batch_size % self.size:
+      raise ValueError(
+          f"batch_size {batch_size} does not split over the {self.size} devices of the data "
+          "axis; use a multiple of the device count or fewer devices (devices=..., "
+          "--devices).")
+
+  def _sharding(self, spec: P) -> Optional[NamedSharding]:
+    return None if self.mesh is None else NamedSharding(self.mesh, spec)
+
+  def place_data(self, x: Any) -> Any:
+    """The dataset (or any array every device reads), replicated."""
+    if self.mesh is None:
+      return jax.numpy.asarray(x)
+    return jax.device_put(x, self._sharding(P()))
+
+  def batch_spec(self, ndim: int, batch_axis: int) -> P:
+    """The ``PartitionSpec`` of an array whose axis ``batch_axis`` is the batch."""
+    return P(*([None] * batch_axis), DATA_AXIS, *([None] * (ndim - batch_axis - 1)))
+
+  def place_batch(self, x: Any, batch_axis: int = 0) -> Any:
+    """An array whose axis ``batch_axis`` is the batch, sharded over ``data``."""
+    if self.mesh is None:
+      return jax.numpy.asarray(x)
+    return jax.device_put(x, self._sharding(self.batch_spec(np.ndim(x), batch_axis)))
+
+  def constrain_batch(self, tree: Any, batch_axis: int = 0) -> Any:
+    """Inside a jitted function: every leaf sharded over ``data`` along ``batch_axis``."""
+    if self.mesh is None:
+      return tree
+    return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(
+        x, self._sharding(self.batch_spec(x.ndim, batch_axis))), tree)
+
+  def state_sharding(self, tree: Any, runs_axis: bool = False) -> Any:
+    """The shardings of parameters and optimizer state: replicated, or FSDP-style."""
+    def one(x: Any) -> Any:
+      if not self.shard_params:
+        return self._sharding(P())
+      return self._sharding(fsdp_spec(np.shape(x), self.size, skip_leading=runs_axis))
+    return jax.tree.map(one, tree)
+
+  def place_state(self, tree: Any, runs_axis: bool = False) -> Any:
+    """Parameters and optimizer state, placed (see :meth:`state_sharding`)."""
+    if self.mesh is None:
+      return tree
+    return jax.device_put(tree, self.state_sharding(tree, runs_axis))

@@ -1,0 +1,97 @@
+"""The comparison protocol, in one place: each optimizer's best learning rate, the target, the
+iterations and seconds to it, and ratios between optimizers.
+
+``avggrad compare`` (:mod:`avggrad.compare`), the benchmark runner (``benchmarks/run.py``) and
+the report (``benchmarks/report.py``) all use these functions. A run is seen as its per-step
+minibatch losses and whether it finished (``ok``; a run stopped by the divergence guard is
+not ok).
+
+1. **Score** of a run: :func:`avggrad.metrics.final_loss`, the mean loss over the last 10% of
+   the budget (infinite for a run that is not ok).
+2. **Best learning rate** of an optimizer (:func:`best_lr`): the lowest median score over
+   seeds; ties go to the smaller rate.
+3. **Target** (:func:`target_loss`): the median over seeds of the smoothed loss a reference
+   optimizer reaches at its best rate after ``fraction`` of the budget (a run that is not ok,
+   or too short, counts as infinite).
+4. **Iterations to target** (:func:`iterations`): steps until the smoothed loss first reaches
+   the target; ``None`` (a miss, infinite in medians) if never or if the run is not ok.
+5. **Seconds to target**: median iterations x the optimizer's time per step.
+6. **Ratios** (:func:`ratio`): against a baseline's figure; infinite when the optimizer
+   missed and the baseline did not, undefined (NaN) when the baseline has no finite, positive
+   figure.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+from avggrad import metrics
+
+Losses = Sequence[float]
+
+
+def score(losses: Losses, ok: bool = True) -> float:
+  """The score that picks a learning rate: :func:`avggrad.metrics.final_loss`."""
+  return metrics.final_loss(losses, not ok)
+
+
+def best_lr(scores: Mapping[float, Sequence[float]]) -> Optional[float]:
+  """The learning rate with the lowest median score over seeds (ties: the smaller rate);
+  ``None`` when there is none.
+
+  Example:
+    >>> best_lr({1e-3: [0.5, 0.7, 0.6], 3e-3: [0.4, float("inf"), 0.5]})
+    0.003
+  """
+  if not scores:
+    return None
+  medians = {float(lr): float(np.median(s)) for lr, s in scores.items()}
+  return min(medians, key=lambda lr: (medians[lr], lr))
+
+
+def target_loss(runs: Sequence[tuple[Losses, bool]], fraction: float, steps: int) -> float:
+  """Median over seeds of the smoothed loss at ``fraction`` of the budget ``steps``.
+
+  Example:
+    >>> target_loss([([4.0, 3.0, 2.0, 1.0], True), ([4.0, 3.0, 2.0, 2.0], True)], 0.5, 4)
+    3.0
+  """
+  if not 0 < fraction <= 1:
+    raise ValueError(f"the target fraction must be in (0, 1], got {fraction}.")
+  window = metrics.default_window(steps)
+  index = max(0, min(steps, int(round(fraction * steps))) - 1)
+  values = []
+  for losses, ok in runs:
+    smoothed = metrics.smooth(losses, window)
+    values.append(float(smoothed[index]) if ok and index < len(smoothed) else math.inf)
+  return float(np.median(values)) if values else math.inf
+
+
+def iterations(losses: Losses, ok: bool, target: Optional[float],
+               steps: int) -> Optional[int]:
+  """Iterations until the smoothed loss first reaches ``target`` (smoothing window of a
+  budget of ``steps``); ``None`` if never, if the run is not ok, or without a target."""
+  if not ok or target is None:
+    return None
+  return metrics.iterations_to_target(losses, target, metrics.default_window(steps))
+
+
+def ratio(value: float, base: float) -> float:
+  """``value / base``: infinite when ``value`` is (a miss) and ``base`` is finite; NaN when
+  ``base`` is not a finite positive number or ``value`` is NaN.
+
+  Example:
+    >>> ratio(50.0, 100.0), ratio(math.inf, 100.0), ratio(50.0, math.inf)
+    (0.5, inf, nan)
+  """
+  if math.isnan(value) or not (math.isfinite(base) and base > 0):
+    return math.nan
+  return math.inf if math.isinf(value) else value / base
+
+
+def seconds_to_target(median_iterations: float, seconds_per_step: float) -> float:
+  """Median iterations x time per step (infinite for a miss)."""
+  return median_iterations * seconds_per_step
