@@ -55,9 +55,11 @@ def best_lr(scores: Mapping[float, Sequence[float]]) -> Optional[float]:
 def target_loss(runs: Sequence[tuple[Losses, bool]], fraction: float, steps: int) -> float:
   """Median over seeds of the smoothed loss at ``fraction`` of the budget ``steps``.
 
-  Example:
+  Example (a budget of 4 steps smooths over all 4 around step 2):
     >>> target_loss([([4.0, 3.0, 2.0, 1.0], True), ([4.0, 3.0, 2.0, 2.0], True)], 0.5, 4)
-    3.0
+    2.625
+    >>> target_loss([([4.0, 3.0, 2.0, 1.0], True), ([4.0, float("nan")], False)], 0.5, 4)
+    inf
   """
   if not 0 < fraction <= 1:
     raise ValueError(f"the target fraction must be in (0, 1], got {fraction}.")

@@ -559,7 +559,7 @@ def average_gradient(
   if max_gain is not None:
     combine_fn = functools.partial(_accelerate, max_gain=max_gain)
   tracker = scale_by_average_gradient(
-      estimator=estimator, num_points=num_points, span=span
+      estimator=estimator, num_points=num_points, span=span, combine="replace"
   )
 
   def init_fn(params: Params) -> AverageGradientState:

@@ -1,4 +1,5 @@
-"""Scale-out through JAX's own sharding, on 8 forced host devices (in a subprocess)."""
+"""Scale-out through JAX's own sharding, on 8 forced host devices (in a subprocess), and
+across two processes (jax.distributed, CPU collectives through gloo)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,34 @@ import pathlib
 import subprocess
 import sys
 
+HERE = pathlib.Path(__file__).parent
+
 
 def test_data_parallel_step_matches_one_device_and_keeps_shardings():
-  script = pathlib.Path(__file__).with_name("sharding_check.py")
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  result = subprocess.run(
-      [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600
-  )
+  result = subprocess.run([sys.executable, str(HERE / "sharding_check.py")],
+                          capture_output=True, text=True, env=env, timeout=600)
+  out = result.stdout
+  assert result.returncode == 0, out + result.stderr
+  assert out.count("shardings kept") == 7, out
+  assert "no examples moved" in out, out
+  assert out.count("matches one device") == 3, out
+  assert "checkpoint written on 8 devices resumes on one" in out, out
+
+
+def test_two_processes_train_as_one(tmp_path):
+  """2 processes x 2 devices, each feeding its half of every batch, give the losses and final
+  parameters of one process with 4 devices."""
+  script = str(HERE / "multihost_check.py")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  single = subprocess.run([sys.executable, script, "single", str(tmp_path / "single.npz")],
+                          capture_output=True, text=True, env=env, timeout=300)
+  assert single.returncode == 0, single.stdout + single.stderr
+  result = subprocess.run([sys.executable, script, "launch", str(tmp_path / "multi.npz")],
+                          capture_output=True, text=True, env=env, timeout=300)
   assert result.returncode == 0, result.stdout + result.stderr
-  assert result.stdout.count("shardings kept") == 7, result.stdout
+  compare = subprocess.run([sys.executable, script, "compare", str(tmp_path / "single.npz"),
+                            str(tmp_path / "multi.npz")], capture_output=True, text=True,
+                           env=env, timeout=120)
+  assert compare.returncode == 0, compare.stdout + compare.stderr
+  assert "2 processes x 2 devices match 1 process x 4 devices" in compare.stdout

@@ -37,7 +37,7 @@ def test_scale_by_average_gradient_uses_the_previous_applied_update():
   params, loss = _problem()
   lr = 0.05
   tx = optax.chain(
-      avggrad.scale_by_average_gradient(span=2.0),
+      avggrad.scale_by_average_gradient(span=2.0, estimator="factorized", combine="replace"),
       optax.scale_by_rms(),
       optax.scale_by_learning_rate(lr),
   )
@@ -60,7 +60,7 @@ def test_scale_by_average_gradient_uses_the_previous_applied_update():
 def test_average_gradient_predicted_range_matches_manual_computation(estimator):
   params, loss = _problem()
   inner = avggrad.rmsprop_baseline(0.01)
-  tx = avggrad.average_gradient(inner, estimator=estimator, span=3.0)
+  tx = avggrad.average_gradient(inner, estimator=estimator, span=3.0, combine="replace")
   state = tx.init(params)
   _, updates, state = _step(tx, params, state, loss)
   inner_state = inner.init(params)
@@ -76,7 +76,8 @@ def test_previous_range_in_the_alias_matches_the_chain():
   params, loss = _problem()
   tx = avggrad.rmsprop(0.01, update_range="previous", combine="replace", span=1.0,
                        accumulate="average", estimator="factorized")
-  chain = optax.chain(avggrad.scale_by_average_gradient(), avggrad.rmsprop_baseline(0.01))
+  chain = optax.chain(avggrad.scale_by_average_gradient(estimator="factorized", combine="replace"),
+                      avggrad.rmsprop_baseline(0.01))
   s1, s2 = tx.init(params), chain.init(params)
   p1, p2 = params, params
   for _ in range(3):
@@ -392,17 +393,17 @@ def _batch_problem(n=48, seed=0):
   return params, loss, (x, y)
 
 
-def test_far_batch_fraction_takes_the_far_end_on_the_first_examples():
+def test_far_batch_fraction_takes_the_far_end_on_every_kth_example():
   params, loss, batch = _batch_problem()
   lr, span = 0.05, 4.0
   inner = optax.sgd(lr)
-  tx = avggrad.average_gradient(inner, estimator="trapezoid", span=span,
+  tx = avggrad.average_gradient(inner, estimator="trapezoid", span=span, combine="replace",
                                 far_batch_fraction=0.25)
   g = jax.grad(loss)(params, batch)
   updates, _ = tx.update(g, tx.init(params), params, value_fn=loss, batch=batch)
-  # Independently: the far end w - span lr g, on the first 12 of the 48 examples.
+  # Independently: the far end w - span lr g, on examples 0, 4, 8, ..., 44 of the 48.
   end = jax.tree.map(lambda p, d: p - span * lr * d, params, g)
-  sub = jax.tree.map(lambda a: a[:12], batch)
+  sub = jax.tree.map(lambda a: a[np.arange(0, 48, 4)], batch)
   far = jax.grad(loss)(end, sub)
   expected = jax.tree.map(lambda a, b: -lr * 0.5 * (a + b), g, far)
   _tree_close(updates, expected, rtol=1e-6)
@@ -410,7 +411,8 @@ def test_far_batch_fraction_takes_the_far_end_on_the_first_examples():
   full = jax.grad(loss)(end, batch)
   assert helpers.rel_error(far, full) > 1e-2
   # With the whole batch (fraction 1) it is the ordinary trapezoid rule.
-  tx1 = avggrad.average_gradient(inner, estimator="trapezoid", span=span)
+  tx1 = avggrad.average_gradient(inner, estimator="trapezoid", span=span, combine="replace",
+                                 far_batch_fraction=1)
   updates1, _ = tx1.update(g, tx1.init(params), params, value_fn=loss, batch=batch)
   _tree_close(updates1, jax.tree.map(lambda a, b: -lr * 0.5 * (a + b), g, full))
 
@@ -498,3 +500,43 @@ def test_auto_far_batch_is_a_quarter_with_the_batch_and_the_whole_loss_without()
   # with an estimator that evaluates the whole range, "auto" is simply the whole batch
   fact = update(avggrad.adam(1e-2, estimator="factorized"), value_fn=loss, batch=batch)
   assert all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(fact))
+
+
+def test_trapezoid_averages_the_incoming_updates_after_a_clip():
+  """One far-end path: the trapezoid rule averages the updates it receives (here clipped by
+  an earlier transform) with the gradient at the far end, on the whole batch or a part."""
+  params, loss, batch = _batch_problem()
+  lr, span = 0.05, 2.0
+  g = jax.grad(loss)(params, batch)
+  clipped = jax.tree.map(lambda x: jnp.clip(x, -1e-3, 1e-3), g)
+  for fraction, sub in [(1, slice(None)), (0.5, np.arange(0, 48, 2))]:
+    tx = avggrad.average_gradient(optax.sgd(lr), span=span, combine="replace",
+                                  far_batch_fraction=fraction)
+    updates, _ = tx.update(clipped, tx.init(params), params, value_fn=loss, batch=batch)
+    end = jax.tree.map(lambda p, d: p - span * lr * d, params, clipped)
+    far = jax.grad(loss)(end, jax.tree.map(lambda a: a[sub], batch))
+    _tree_close(updates, jax.tree.map(lambda a, b: -lr * 0.5 * (a + b), clipped, far),
+                rtol=1e-6)
+
+
+def test_wrapper_defaults_are_the_recommended_form_and_the_paper_is_one_argument_away():
+  params, loss, batch = _batch_problem()
+  g = jax.grad(loss)(params, batch)
+  wrapped = avggrad.average_gradient(avggrad.adam_baseline(1e-2))
+  alias = avggrad.adam(1e-2)
+  u1, _ = wrapped.update(g, wrapped.init(params), params, value_fn=loss, batch=batch)
+  u2, _ = alias.update(g, alias.init(params), params, value_fn=loss, batch=batch)
+  _tree_close(u1, u2, rtol=1e-7)
+  inner = avggrad.rmsprop_baseline(1e-2)
+  paper = avggrad.average_gradient(inner, **avggrad.PAPER_FORM)
+  spelled = avggrad.average_gradient(inner, estimator="factorized", span=1.0,
+                                     combine="replace", accumulate="average")
+  u3, _ = paper.update(g, paper.init(params), params, value_fn=loss, batch=batch)
+  u4, _ = spelled.update(g, spelled.init(params), params, value_fn=loss, batch=batch)
+  _tree_close(u3, u4, rtol=1e-7)
+  assert helpers.rel_error(u3, u1) > 1e-3
+
+
+def test_far_batch_fraction_must_be_one_over_a_whole_number():
+  with pytest.raises(ValueError, match="1/k for a whole number k"):
+    avggrad.adam(1e-3, far_batch_fraction=0.3)
