@@ -151,11 +151,14 @@ class Runner:
 
   def __init__(self, grid_path: str, grid: dict[str, Any], out: str, *,
                progress: bool = False, data_dir: Optional[str] = None,
-               batched: bool = True):
+               batched: bool = True, devices: Optional[int] = None,
+               shard_params: bool = False):
     self.grid_path, self.grid, self.out = grid_path, grid, out
     self.progress = progress
     self.data_dir = data_dir
     self.batched = batched
+    # Data parallel over every device by default (avggrad.parallel); one device: unchanged.
+    self.placement = dict(devices=devices, shard_params=shard_params)
     self.done = {_key(r["task"], r["optimizer"], r["lr"], r["seed"]): r
                  for r in read_results(out)}
     self._datasets: dict[tuple, tuple[data.Dataset, data.Dataset]] = {}
@@ -204,7 +207,7 @@ class Runner:
     train_data, test_data = self.datasets(config)
     start = time.perf_counter()
     result = training.train(config, train_data=train_data, test_data=test_data,
-                            progress=self.progress)
+                            progress=self.progress, **self.placement)
     record = self._record(task, label, lr, seed, config, result,
                           time.perf_counter() - start)
     print(f"[{task['name']}] {label} lr={lr:g} seed={seed}: {result.status}, final loss "
@@ -229,7 +232,7 @@ class Runner:
     train_data, test_data = self.datasets(config)
     start = time.perf_counter()
     results = sweep.sweep(config, missing, seeds, train_data=train_data, test_data=test_data,
-                          progress=self.progress)
+                          progress=self.progress, **self.placement)
     wall = time.perf_counter() - start
     for (lr, seed), result in results.items():
       if _key(task["name"], label, lr, seed) not in self.done:
@@ -363,6 +366,10 @@ def main(argv: Optional[list[str]] = None) -> None:
   parser.add_argument("--progress", action="store_true")
   parser.add_argument("--one-at-a-time", action="store_true",
                       help="train runs one by one instead of one sweep per optimizer")
+  parser.add_argument("--devices", type=int, default=None,
+                      help="data parallel over this many devices (default: all JAX sees)")
+  parser.add_argument("--shard-params", action="store_true",
+                      help="shard parameters FSDP-style instead of replicating them")
   args = parser.parse_args(argv)
   path = QUICK_GRID if args.quick else args.grid
   if path is None:
@@ -379,7 +386,8 @@ def main(argv: Optional[list[str]] = None) -> None:
   if n > 1:
     out = out.replace("runs.jsonl", f"runs.shard{i}of{n}.jsonl")
   runner = Runner(path, grid, out, progress=args.progress, data_dir=args.data_dir,
-                  batched=not args.one_at_a_time)
+                  batched=not args.one_at_a_time, devices=args.devices,
+                  shard_params=args.shard_params)
   start = time.perf_counter()
   for index, task in enumerate(grid["tasks"]):
     if not fnmatch.fnmatch(task["name"], args.tasks) or index % n != i:

@@ -185,3 +185,22 @@ def test_overhead_tables_are_ratios_against_each_baseline():
   rows = [line for line in lines if line.startswith("| t |")]
   assert rows == ["| t | 1.00 (1.00) | 1.25 (2.00) | 2.50 (5.00) |",
                   "| t | 0.80 (0.50) | 1.00 (1.00) | 2.00 (2.50) |"]
+
+
+def test_device_benchmark_writes_its_results_within_a_budget(tmp_path):
+  """benchmarks.device on CPU: a spent budget still writes a (partial) result; a small one
+  measures the step-cost part, every variant against optax.adam."""
+  from benchmarks import device
+
+  out = device.main(["--quick", "--budget", "0", "--out", str(tmp_path)])
+  name = device.device_name()
+  saved = json.loads((tmp_path / f"{name}.json").read_text())
+  assert saved["step_cost"] == {} and saved["sweeps"] == {}
+  assert any("budget spent" in s for s in saved["skipped"]) and out["device"] == name
+  out = device.main(["--quick", "--budget", "60", "--parts", "step_cost", "--out",
+                     str(tmp_path)])
+  assert set(out["step_cost"]) == {"4x32, batch 32", "2x64, batch 64"}
+  for row in out["step_cost"].values():
+    assert set(row) == set(device.VARIANTS) and row["optax.adam"]["vs_optax_adam"] == 1.0
+    assert all(v["seconds"] > 0 for v in row.values())
+  assert "Step time relative to `optax.adam`" in (tmp_path / f"{name}.md").read_text()

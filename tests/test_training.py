@@ -186,3 +186,29 @@ def test_every_registered_optimizer_trains_in_a_sweep(spec, splits):
     assert result.status == "ok" and all(math.isfinite(v) for v in result.losses)
   assert runs[(1e-3, 0)].losses[0] == runs[(3e-3, 0)].losses[0]  # same start
   assert runs[(1e-3, 0)].losses[-1] != runs[(3e-3, 0)].losses[-1]  # different rates
+
+
+def test_cli_compare_text_lm_pairs_tokens_with_next_tokens(tmp_path, monkeypatch, capsys):
+  """The command line loads data through load_splits, so the language model is trained on
+  next-token targets (per-token logits against class labels would not even run)."""
+  from tests.test_data import _write_acl_folder
+
+  _write_acl_folder(tmp_path / "imdb")
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+  monkeypatch.setenv("AVGGRAD_CACHE_DIR", str(tmp_path / "cache"))
+  out = tmp_path / "cmp"
+  code = cli.main(["compare", "--dataset", "imdb_reviews", "--data-dir", str(tmp_path / "imdb"),
+                   "--model", "text-lm", "--depth", "1", "--vocab-size", "3", "--max-len", "6",
+                   "--embed-dim", "8", "--steps", "6", "--eval-every", "3", "--batch-size", "2",
+                   "--lrs", "1e-3", "--seeds", "0", "--optimizers", "adam", "avg-adam",
+                   "--out", str(out), "--no-progress"])
+  assert code == 0, capsys.readouterr()
+  results = json.loads((out / "results.json").read_text())
+  splits = training.load_splits(training.TrainConfig(
+      dataset="imdb_reviews", model="text-lm", data_dir=str(tmp_path / "imdb"), vocab_size=3,
+      max_len=6))
+  assert splits[0].y.shape == splits[0].x.shape  # targets are tokens, one per input token
+  for run in results["runs"]:
+    assert run["status"] == "ok" and all(math.isfinite(v) for v in run["losses"])
+    # the loss starts near log(vocabulary), the uniform next-token predictor's
+    assert abs(run["losses"][0] - math.log(splits[0].num_classes)) < 0.5

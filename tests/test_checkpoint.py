@@ -1,0 +1,100 @@
+"""Checkpoints (Orbax): interrupt and resume bit for bit, and clear errors for folders that
+cannot be used."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from avggrad import checkpoint, cli, data, training
+
+CONFIG = training.TrainConfig(optimizer="avg-adam", lr=3e-3, depth=2, width=16, steps=12,
+                              batch_size=32, eval_every=4, eval_examples=100, limit=300)
+
+
+@pytest.fixture(scope="module")
+def splits():
+  return (data.load("fashion_mnist_small", "train", limit=300),
+          data.load("fashion_mnist_small", "test", limit=100))
+
+
+class Interrupt(Exception):
+  pass
+
+
+def _interrupted_run(folder, splits, monkeypatch, after_updates):
+  """Trains with checkpoints every 4 steps and stops it (as a Ctrl-C would) at the
+  ``after_updates``-th progress report."""
+  calls = {"n": 0}
+  original = training.Progress.update
+
+  def interrupting(self, steps, **postfix):
+    calls["n"] += 1
+    if calls["n"] == after_updates:
+      raise Interrupt()
+    return original(self, steps, **postfix)
+
+  monkeypatch.setattr(training.Progress, "update", interrupting)
+  with pytest.raises(Interrupt):
+    training.train(CONFIG, train_data=splits[0], test_data=splits[1], progress=False,
+                   checkpoint_dir=str(folder), checkpoint_every=4)
+  monkeypatch.setattr(training.Progress, "update", original)
+
+
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, splits,
+                                                                 monkeypatch):
+  whole = training.train(CONFIG, train_data=splits[0], test_data=splits[1], progress=False)
+  _interrupted_run(tmp_path / "ckpt", splits, monkeypatch, after_updates=3)  # at step 12
+  saved = sorted(os.listdir(tmp_path / "ckpt"))
+  assert "8" in saved and "12" not in saved, saved  # the checkpoint at step 8 is the latest
+  resumed = training.train(CONFIG, train_data=splits[0], test_data=splits[1], progress=False,
+                           checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every=4)
+  assert resumed.losses == whole.losses  # bit for bit
+  assert resumed.evals == whole.evals
+  assert resumed.test_loss == whole.test_loss
+
+
+def test_folders_that_cannot_be_used_get_clear_errors(tmp_path, splits, monkeypatch):
+  kwargs = dict(train_data=splits[0], test_data=splits[1], progress=False, checkpoint_every=4)
+  foreign = tmp_path / "mine"
+  foreign.mkdir()
+  (foreign / "notes.txt").write_text("my thesis")
+  with pytest.raises(checkpoint.CheckpointError, match="not empty and holds no avggrad"):
+    training.train(CONFIG, checkpoint_dir=str(foreign), **kwargs)
+  assert os.listdir(foreign) == ["notes.txt"]  # nothing written, nothing deleted
+  folder = tmp_path / "ckpt"
+  _interrupted_run(folder, splits, monkeypatch, after_updates=2)
+  other = training.TrainConfig(**(CONFIG.__dict__ | {"lr": 1e-3}))
+  with pytest.raises(checkpoint.CheckpointError, match="another configuration.*lr=0.003"):
+    training.train(other, checkpoint_dir=str(folder), **kwargs)
+  # Damage the saved arrays: the restore names the checkpoint that failed.
+  for root, _, files in os.walk(folder / "4"):
+    for name in files:
+      with open(os.path.join(root, name), "wb") as f:
+        f.write(b"garbage")
+  with pytest.raises(checkpoint.CheckpointError, match="step 4 .* cannot be restored"):
+    training.train(CONFIG, checkpoint_dir=str(folder), **kwargs)
+  (folder / checkpoint.MARKER).write_text("{not json")
+  with pytest.raises(checkpoint.CheckpointError, match="corrupt"):
+    training.train(CONFIG, checkpoint_dir=str(folder), **kwargs)
+
+
+def test_cli_train_checkpoints_and_resumes(tmp_path, capsys):
+  argv = ["train", "--limit", "300", "--depth", "2", "--width", "16", "--steps", "8",
+          "--eval-every", "4", "--batch-size", "32", "--optimizer", "adam", "--no-progress",
+          "--checkpoint-dir", str(tmp_path / "ckpt")]
+  assert cli.main(argv) == 0
+  first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert {"4", "8"} <= set(os.listdir(tmp_path / "ckpt"))
+  assert cli.main(argv) == 0  # resumes at step 8: nothing left to train, same result
+  again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert again["train_loss"] == first["train_loss"]
+  assert again["test_loss"] == first["test_loss"]
+  (tmp_path / "other").mkdir()
+  (tmp_path / "other" / "keep.txt").write_text("x")
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(argv[:-1] + [str(tmp_path / "other")])
+  assert exit_info.value.code == 2
+  assert "refusing to write into it" in capsys.readouterr().err
