@@ -5,8 +5,10 @@ A spec is ``"name"`` or ``"name:key=value,key=value"`` (:func:`parse_optimizer`)
 ``"avg-adam:span=4"`` or ``"rmsprop:momentum=0.9,nesterov=true"``. :func:`make_optimizer`
 builds it for a learning rate (a number, a traced value or a schedule).
 
-Built in (:data:`OPTIMIZERS`): avggrad's optimizers and their same-core baselines
-(``rmsprop``, ``avg-rmsprop``, ``adam``, ``avg-adam``: :mod:`avggrad.aliases`), Optax's own
+Built in (:data:`BUILTIN`; :func:`names` lists every registered one): avggrad's optimizers and
+their same-core baselines (``rmsprop``, ``avg-rmsprop``, ``adam``, ``avg-adam``:
+:func:`avggrad.rmsprop_baseline`, :func:`avggrad.rmsprop`, :func:`avggrad.adam_baseline`,
+:func:`avggrad.adam`), Optax's own
 RMSProp and Adam, and the peers a user would pick instead (AdamW, NAdam, Lion, ADOPT, Muon,
 Sophia, SAM, schedule-free AdamW), some of them also wrapped in
 :func:`avggrad.average_gradient` with its defaults (``avg-adamw``, ``avg-nadam``, ``avg-lion``,
@@ -106,6 +108,7 @@ _BUILTIN_FACTORIES: dict[str, Factory] = {
     "avg-schedule-free-adamw": averaged(optax.contrib.schedule_free_adamw),
 }
 BUILTIN: frozenset[str] = frozenset(_BUILTIN_FACTORIES)
+"""The names of the built-in optimizers (which :func:`register_optimizer` cannot replace)."""
 _REGISTRY: dict[str, Factory] = dict(_BUILTIN_FACTORIES)
 
 FLOAT_OPTIONS: frozenset[str] = frozenset({

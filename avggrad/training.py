@@ -138,7 +138,8 @@ class RunResult:
       ``eval_examples`` training examples.
     status: ``"ok"`` or ``"diverged at step N"`` (a non-finite loss, or a trailing mean loss
       above ``divergence_factor`` times the initial loss; the run stopped there).
-    test_loss, test_accuracy: on the test split at the end (NaN if diverged).
+    test_loss: the loss on the test split at the end (NaN if diverged).
+    test_accuracy: the accuracy on the test split at the end (NaN if diverged).
     seconds_per_step: wall-clock per step, excluding compilation and the first
       ``eval_every`` steps (warm-up). For runs trained together by :mod:`avggrad.sweep`, the
       sweep's time per step divided by ``batched_runs`` (an amortised figure, not the time

@@ -165,7 +165,7 @@ def select_far_examples(x: jax.Array, stride: int) -> jax.Array:
 
 def _far_batch(extra_args: dict[str, Any], fraction: float) -> Optional[dict[str, Any]]:
   """``extra_args`` with its ``batch`` cut to every ``1/fraction``-th example (the leading
-  axis of every array leaf, see :func:`select_far_examples`); ``None`` when there is no
+  axis of every array leaf, see :func:`~avggrad.transforms.select_far_examples`); ``None`` when there is no
   ``batch`` to cut."""
   batch = extra_args.get("batch")
   leaves = jax.tree.leaves(batch)
@@ -298,7 +298,7 @@ def scale_by_average_gradient(
     num_points: Gauss-Legendre nodes of the ``"quadrature"`` estimator.
     span: how far along the previous update to average, :math:`s` (schedule it with
       ``optax.inject_hyperparams``).
-    combine: how :math:`\bar g` and :math:`g` combine, one of :data:`COMBINES`:
+    combine: how :math:`\bar g` and :math:`g` combine, one of :data:`~avggrad.transforms.COMBINES`:
       ``"accelerate"`` (the default: :math:`\bar g_i` only where it has the sign of
       :math:`g_i` and a larger magnitude, so no step is shortened or reversed),
       ``"replace"`` (:math:`\bar g` everywhere) or ``"no_flip"`` (:math:`\bar g_i` unless
@@ -486,7 +486,7 @@ def average_gradient(
   figures in the README): the trapezoid estimator, accelerate-only, a span of 8 predicted
   steps and the far end on a quarter of the minibatch when ``update`` receives ``batch``.
   The paper's form is one argument away, ``average_gradient(inner, **avggrad.PAPER_FORM)``
-  (:data:`PAPER_FORM`).
+  (:data:`~avggrad.transforms.PAPER_FORM`).
 
   Args:
     inner: the transformation to feed (e.g. RMSProp's scaling and the learning rate).
@@ -498,7 +498,7 @@ def average_gradient(
     update_range: ``"predicted"`` or ``"previous"``.
     accumulate: ``"average"`` (the accumulator sees :math:`\bar g`) or ``"point"``
       (it sees :math:`g`).
-    combine: ``"accelerate"``, ``"replace"`` or ``"no_flip"`` (see :data:`COMBINES` and
+    combine: ``"accelerate"``, ``"replace"`` or ``"no_flip"`` (see :data:`~avggrad.transforms.COMBINES` and
       :func:`scale_by_average_gradient`).
     far_batch_fraction: with the ``"trapezoid"`` estimator and the predicted range, take the
       gradient at the far end of the range on every :math:`k`-th example of the minibatch
@@ -506,10 +506,10 @@ def average_gradient(
       :math:`\bar g \approx \tfrac12(g + \nabla L_{\text{sub}}(w + s\hat\Delta))`. It cuts
       the extra cost of a step to that fraction of a gradient. The strided choice keeps each
       device's share local when the batch is sharded over devices
-      (:func:`select_far_examples`). It needs the minibatch: pass ``batch=`` (any pytree of
+      (:func:`~avggrad.transforms.select_far_examples`). It needs the minibatch: pass ``batch=`` (any pytree of
       arrays with the examples on the leading axis) to ``update`` and a
       ``value_fn(params, batch)``; without them the far end uses the full ``value_fn`` (with
-      a warning). ``"auto"`` (the default) is :data:`AUTO_FAR_BATCH_FRACTION` of it when
+      a warning). ``"auto"`` (the default) is :data:`~avggrad.transforms.AUTO_FAR_BATCH_FRACTION` of it when
       ``update`` receives ``batch`` (and the whole loss, silently, when it does not);
       ``None`` or ``1`` is the whole minibatch. A static Python number ``1/k``: under
       ``optax.inject_hyperparams`` name it in ``static_args``.

@@ -26,3 +26,19 @@ napoleon_numpy_docstring = False
 html_theme = "alabaster"
 suppress_warnings = ["myst.header"]
 napoleon_use_ivar = True
+
+# Every reference to avggrad's own objects must resolve. References into other packages
+# (JAX, Optax, Flax, NumPy, the standard library) would need their intersphinx inventories,
+# which an offline build cannot fetch; those are left unlinked.
+nitpicky = True
+nitpick_ignore_regex = [
+    (r"py:.*", r"(jax|jaxlib|optax|flax|nnx|numpy|np|chex|orbax|argparse|typing|collections|"
+               r"dataclasses|datetime|pathlib|os|io)(\..*)?"),
+    (r"py:.*", r"(ArrayTree|Any|Callable|Optional|Sequence|Mapping|Union|Iterable|TextIO|NamedTuple|"
+               r"Updates|Params|Key|Losses|Factory|PyTree|ArrayLike|Array|Device|Mesh|P|"
+               r"PartitionSpec|NamedSharding|Dataset|RunResult|TrainConfig|Program|"
+               r"DataParallel|Compiled|Coverage|Comparison|OptimizerSummary|LoopResult|"
+               r"Checkpointer|ScalarOrSchedule|GradientTransformation|"
+               r"GradientTransformationExtraArgs|OptState|MaskedNode|tuple|list|dict|int|"
+               r"float|str|bool|None|callable|optional|function)"),
+]

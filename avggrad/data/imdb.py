@@ -98,7 +98,7 @@ def build_vocab(token_lists: Iterable[list[str]], size: int) -> list[str]:
 
 
 def encode(token_lists: list[list[str]], vocab: list[str], max_len: int) -> np.ndarray:
-  """Token ids, cut or padded (with :data:`PAD_ID`) to ``max_len``; unknown words -> OOV."""
+  """Token ids, cut or padded (with ``PAD_ID``) to ``max_len``; unknown words -> OOV."""
   index = {word: i + 2 for i, word in enumerate(vocab)}
   out = np.full((len(token_lists), max_len), PAD_ID, np.int32)
   for row, tokens in enumerate(token_lists):

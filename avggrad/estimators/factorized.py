@@ -27,7 +27,7 @@ control flow (``scan``, ``cond``) use the Jacobian at the midpoint of their inpu
 max or min reduction (``logsumexp``, ``softmax`` and the cross-entropy losses built on them),
 is held at its value at ``params`` along the whole step: the shift cancels mathematically, and
 holding it keeps every later secant consistent, so the loss change is reproduced exactly; an
-element that moves by more than :func:`hold_limit` over the step takes its own value at the
+element that moves by more than ``hold_limit(dtype)`` over the step takes its own value at the
 far end instead (holding a shift that far could overflow ``exp``). Any other ``stop_gradient``
 value (a target, a scale, a detached statistic) moves with the step as JAX's gradient sees it
 along the path: holding such a value would average the gradient of a different function, an
@@ -310,8 +310,7 @@ class Coverage:
 
   @property
   def exact(self) -> bool:
-    r"""Whether every rule is exact, so that :math:`\hat g\cdot\Delta = L(w+\Delta) -
-    L(w)`."""
+    r"""Whether every rule is exact (then :math:`\hat g\cdot\Delta = L(w+\Delta) - L(w)`)."""
     return all(exact for *_, exact in self.rows)
 
   def __str__(self) -> str:

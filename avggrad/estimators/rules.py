@@ -27,7 +27,7 @@ ends, which is the factorization's approximation):
 
 Each rule has the signature ``rule(node, cotangents) -> input_cotangents``, where ``node``
 carries the equation and the two ends' values (see :class:`Node`). Supporting a new primitive
-is one function registered in :data:`RULES`.
+is one function registered in ``RULES``.
 """
 
 from __future__ import annotations
@@ -243,7 +243,7 @@ def unary(secant: Callable[[Array, Array, Array, Array], Array]) -> Rule:
 
 
 def generic_unary(node: Node, cotangents: list[Any]) -> list[Optional[Array]]:
-  """Any elementwise function of one varying input: :func:`secants.generic`."""
+  """Any elementwise function of one varying input: :func:`avggrad.estimators.secants.generic`."""
   return _apply_secant(
       node, cotangents, secants.generic, _single_varying(node), with_derivative=True
   )

@@ -21,8 +21,8 @@ class MLP(nnx.Module):
     num_classes: number of outputs.
     depth: number of hidden layers (0 gives a linear model; 1-2 are the "shallow" models).
     width: units per hidden layer.
-    activation: name of the nonlinearity (see :data:`registry.ACTIVATIONS`).
-    kernel_init: name of the weight initialiser (see :data:`registry.INITIALIZERS`).
+    activation: name of the nonlinearity (see ``avggrad.models.ACTIVATIONS``).
+    kernel_init: name of the weight initialiser (see ``avggrad.models.INITIALIZERS``).
     bias_init: name of the bias initialiser.
     rngs: the random number generators.
 

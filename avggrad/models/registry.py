@@ -34,7 +34,7 @@ INITIALIZERS: tuple[str, ...] = tuple(sorted([*_INITIALIZERS, "normal"]))
 
 
 def activation(name: str) -> Callable[[jax.Array], jax.Array]:
-  """The activation function called ``name`` (one of :data:`ACTIVATIONS`).
+  """The activation function called ``name`` (one of ``ACTIVATIONS``).
 
   Raises:
     ValueError: for an unknown name, listing the valid ones.
