@@ -15,6 +15,16 @@ import optax
 from avggrad import transforms
 
 
+_WRAPPER_OPTIONS = ("estimator", "num_points", "span", "update_range", "accumulate", "combine",
+                    "far_batch_fraction", "far_dtype", "max_gain")
+
+
+def _wrap(inner: optax.GradientTransformation,
+          options: dict) -> optax.GradientTransformationExtraArgs:
+  """:func:`avggrad.average_gradient` around ``inner`` with an alias's wrapper options."""
+  return transforms.average_gradient(inner, **{k: options[k] for k in _WRAPPER_OPTIONS})
+
+
 def rmsprop_baseline(
     learning_rate: optax.ScalarOrSchedule,
     decay: jax.typing.ArrayLike = 0.9,
@@ -107,22 +117,14 @@ def rmsprop(
   (:func:`avggrad.average_gradient` around :func:`rmsprop_baseline`). ``eps`` sits outside
   the square root, as in Keras and PyTorch; ``eps_root`` gives Optax's placement.
 
-  **Defaults, from the benchmarks** (``benchmarks/results/main/REPORT.md`` and
-  ``benchmarks/results/fine/REPORT.md``, 3 seeds, each optimizer at its own best learning
-  rate): the paper's algorithm as we reconstruct it, ``combine="replace", span=1.0,
-  accumulate="average", estimator="factorized"``, never reached the best baseline's target on
-  any deep network we tried (MLPs of 16-64 layers, CNNs, IMDb text models) and diverges at
-  learning rates where RMSProp trains. Accelerate-only over 8 predicted steps
-  (``combine="accelerate", span=8``) is the best plain RMSProp form we found. On the fine grid
-  (7 deep tasks) the accumulator fed the point gradient (``accumulate="point"``) with the
-  trapezoid estimator reached RMSProp's target on 5 of 6 deep tasks where RMSProp did (0.75-1.21x
-  RMSProp's iterations, median 0.89x), against 4 of 6 for the accumulator fed the average with
-  the factorized estimator (median 0.99x), which diverges on a 20-layer ELU MLP and the CNNs;
-  the factorized estimator with ``accumulate="point"`` gains most on 16-layer tanh MLPs
-  (0.62x) but misses the target on four of the seven (it diverges on the ELU MLP and the CNN). Hence the defaults. No plain form beat Adam except
-  on one MLP (0.89x), and none in wall-clock; with ``momentum=0.9`` (not the paper's
-  algorithm) it needed 0.62x and 0.71x Adam's iterations on a 16-layer tanh and a 20-layer ELU
-  MLP. For training, prefer
+  **Defaults, from the benchmarks** (figures: the README's Results, which regenerate from
+  ``benchmarks/``): the paper's algorithm as we reconstruct it, ``combine="replace", span=1.0,
+  accumulate="average", estimator="factorized"`` (:data:`avggrad.transforms.PAPER_FORM`), never
+  reached the best baseline's target on a deep network we tried and diverges at learning
+  rates where RMSProp trains. Accelerate-only over 8 predicted steps, the accumulator fed the
+  point gradient and the trapezoid estimator is the plain RMSProp form that reached RMSProp's
+  target most often; it rarely beats Adam. ``momentum`` (not the paper's algorithm) is what
+  this form lacked against Adam on the tasks where we ran it. For training, prefer
   :func:`adam`; this alias exists to study the paper's method.
 
   Args:
@@ -176,18 +178,7 @@ def rmsprop(
       momentum=momentum,
       nesterov=nesterov,
   )
-  return transforms.average_gradient(
-      inner,
-      estimator=estimator,
-      num_points=num_points,
-      span=span,
-      update_range=update_range,
-      accumulate=accumulate,
-      combine=combine,
-      far_batch_fraction=far_batch_fraction,
-      far_dtype=far_dtype,
-      max_gain=max_gain,
-  )
+  return _wrap(inner, locals())
 
 
 def adam_baseline(
@@ -273,23 +264,16 @@ def adam(
   (:math:`\bar g_i` where it has the sign of :math:`g_i` and a larger magnitude), and a span
   :math:`s > 1` lets the average see curvature over several steps' distance.
 
-  **Defaults, from the benchmarks** (``benchmarks/results/fine/REPORT.md``: 8 deep and 4
-  shallow tasks, a fine learning-rate ladder of 6 rates per decade, 3 seeds, each optimizer at
-  its own best rate): ``combine="accelerate", span=8`` with the trapezoid estimator (the point
-  gradient and one gradient at the far end of 8 predicted steps) needed 0.56-0.79x Adam's
-  iterations on the deep tasks (tanh MLPs of 16-64 layers, a 20-layer ELU MLP, 8-layer relu
-  CNNs, an 8-layer IMDb text MLP). The factorized estimator broke down inside
-  accelerate-only (accelerate-only keeps exactly the coordinates an estimator inflates, and a
-  product of averaged Jacobians can exceed every gradient on the path). Feeding the second
-  moment the point gradient (``accumulate="point"``) helped on one 16-layer MLP and lost
-  elsewhere. A step costs about 2.1x an Adam step on CPU, so the full-batch far end was
-  *slower* than Adam to the target on every task in wall-clock. Hence
-  ``far_batch_fraction="auto"``: when ``update`` receives ``batch`` (and ``value_fn`` takes
-  it), the far end is evaluated on a quarter of the minibatch, which keeps 0.66-0.79x Adam's
-  iterations on seven of the eight deep tasks (median 0.72x; 1.01x on IMDb) for 1.2-1.7x an
-  Adam step; without ``batch`` the whole minibatch is used. On these CPUs that comes to
-  0.86-1.21x Adam's wall-clock (median 1.02x), and 0.83x on a wider MLP (16 x 256, batch 512):
-  not the 0.8x we were after (see the README).
+  **Defaults, from the benchmarks** (figures: the README's Results, which regenerate from
+  ``benchmarks/``): ``combine="accelerate", span=8`` with the trapezoid estimator (the point
+  gradient and one gradient at the far end of 8 predicted steps) needed fewer iterations than
+  Adam on nearly every deep task; the factorized estimator broke down inside accelerate-only
+  (it keeps exactly the coordinates an estimator inflates, and a product of averaged
+  Jacobians can exceed every gradient on the path); ``accumulate="point"`` helped on one task
+  and lost elsewhere. A step costs about two gradients, so ``far_batch_fraction="auto"``
+  evaluates the far end on every 4th example of the minibatch when ``update`` receives
+  ``batch`` (and ``value_fn`` takes it), which keeps most of the gain in iterations at a
+  fraction of the extra cost; without ``batch`` the whole minibatch is used.
 
   Args:
     learning_rate: :math:`\eta`, a scalar or a schedule.
@@ -332,15 +316,4 @@ def adam(
     D. P. Kingma and J. Ba, ICLR 2015.
   """
   inner = adam_baseline(learning_rate, b1, b2, eps, eps_root=eps_root)
-  return transforms.average_gradient(
-      inner,
-      estimator=estimator,
-      num_points=num_points,
-      span=span,
-      update_range=update_range,
-      accumulate=accumulate,
-      combine=combine,
-      far_batch_fraction=far_batch_fraction,
-      far_dtype=far_dtype,
-      max_gain=max_gain,
-  )
+  return _wrap(inner, locals())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 
@@ -41,3 +42,18 @@ def test_notebook_runs_in_fast_mode(path, tmp_path, monkeypatch):
   client = nbclient.NotebookClient(notebook, timeout=900, kernel_name="python3",
                                    resources={"metadata": {"path": str(path.parent)}})
   client.execute()
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_install_cell_reads_the_repository_from_one_place(path):
+  """The install cell's REPOSITORY is pyproject.toml's [project.urls] Repository (None while
+  the project has no public home), and every notebook shows the devices JAX sees."""
+  import tomllib
+
+  project = tomllib.loads((path.parents[1] / "pyproject.toml").read_text())["project"]
+  expected = project.get("urls", {}).get("Repository")
+  nb = json.loads(path.read_text())
+  sources = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
+  install = next(s for s in sources if "REPOSITORY =" in s)
+  assert f"REPOSITORY = {expected!r}" in install
+  assert any("jax.devices()" in s for s in sources)
