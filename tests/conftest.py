@@ -15,3 +15,8 @@ def x64():
     yield
   finally:
     jax.config.update("jax_enable_x64", previous)
+
+
+# Scripts run in their own processes by test_sharding.py: importing them (as doctest
+# collection would) sets XLA_FLAGS and could give this process 8 forced host devices.
+collect_ignore = ["sharding_check.py", "multihost_check.py"]

@@ -155,8 +155,7 @@ class _Interpreter:
     for eqn in jaxpr.eqns:
       outs = self.process(eqn, [read(v) for v in eqn.invars])
       for v, s in zip(eqn.outvars, outs):
-        if not isinstance(v, jcore.DropVar):
-          env[v] = s
+        env[v] = s  # a dropped output (DropVar) is stored and never read
     return [read(v) for v in jaxpr.outvars]
 
   def process(self, eqn: Any, ins: list[Slot]) -> list[Slot]:
