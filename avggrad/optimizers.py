@@ -127,12 +127,6 @@ def names() -> tuple[str, ...]:
   return tuple(_REGISTRY)
 
 
-def __getattr__(name: str) -> Any:
-  if name == "OPTIMIZERS":  # always the current registry, registrations included
-    return names()
-  raise AttributeError(name)
-
-
 def register_optimizer(name: str, factory: Factory, *, replace: bool = False) -> None:
   """Makes ``factory(learning_rate, **options)`` available to specs as ``name``.
 

@@ -79,7 +79,7 @@ def sweep_program(config: training.TrainConfig, train_data: data_lib.Dataset,
                               in_axes=(0, 0, None, None)))
   program = training.Program(carry=(params, opt_state), advance=advance,
                              evaluate=lambda p, x, y: evaluate(p, rest, x, y),
-                             compiled=[compiled], num_runs=len(runs))
+                             compiled=[compiled], data=(x_all, y_all), num_runs=len(runs))
   return program, np.asarray([i for _, i in runs])
 
 
@@ -131,8 +131,8 @@ def sweep(
   eval_y = train_data.y[: config.eval_examples]
   out = training.run_loop(
       config, program, indices,
-      eval_data=training._placed_eval(dp, eval_x, eval_y),
-      test_data=training._placed_eval(dp, test_data.x, test_data.y),
+      eval_data=training.place_eval(dp, eval_x, eval_y),
+      test_data=training.place_eval(dp, test_data.x, test_data.y),
       desc=f"{config.optimizer} ({len(lrs)} lr x {len(seeds)} seed)", progress=progress)
   results: dict[Key, training.RunResult] = {}
   for r, i in enumerate(seed_index):

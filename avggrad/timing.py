@@ -20,7 +20,11 @@ import numpy as np
 
 def peak_bytes(fn: Callable[..., Any], *args: Any) -> int:
   """Bytes XLA allocates for one call of ``jax.jit(fn)``: arguments, outputs and temporaries."""
-  compiled = jax.jit(fn).lower(*args).compile()
+  return allocated_bytes(jax.jit(fn).lower(*args).compile())
+
+
+def allocated_bytes(compiled: Any) -> int:
+  """Bytes XLA allocates for one call of a compiled executable (-1 if it does not say)."""
   stats = compiled.memory_analysis()
   if stats is None:
     return -1
@@ -92,21 +96,19 @@ def step_seconds(config: Any, specs: Sequence[str], train_data: Any, *, lr: floa
   from avggrad import parallel, training
 
   dp = dp or parallel.DataParallel(None)
-  x_all, y_all = dp.place_data(train_data.x), dp.place_data(train_data.y)
   idx = [dp.place_batch(row) for row in np.arange(chunk * config.batch_size).reshape(
       chunk, config.batch_size).astype(np.int32) % len(train_data.y)]
   steppers, sizes = [], {}
   for spec in specs:
     run = dataclasses.replace(config, optimizer=spec, lr=lr, seed=0)
-    _, state, compiled, _ = training.compile_step(run, train_data, dp)
-    steppers.append(_Stepper(compiled, state, x_all, y_all, idx))
+    program, _ = training.compile_step(run, train_data, dp)
+    x_all, y_all = program.data
+    steppers.append(_Stepper(program.compiled[0], program.carry, x_all, y_all, idx))
     if memory:
       batch = np.arange(config.batch_size, dtype=np.int32)  # the step without the dataset
-      stats = compiled.compile(state, x_all[: config.batch_size], y_all[: config.batch_size],
-                               dp.place_batch(batch)).memory_analysis()
-      sizes[spec] = -1 if stats is None else int(
-          stats.argument_size_in_bytes + stats.output_size_in_bytes
-          + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
+      sizes[spec] = allocated_bytes(program.compiled[0].compile(
+          program.carry, x_all[: config.batch_size], y_all[: config.batch_size],
+          dp.place_batch(batch)))
   seconds = interleaved_seconds([(s, ()) for s in steppers], number=number, repeats=repeats)
   return {spec: {"seconds_per_step": t / chunk} | ({"bytes": sizes[spec]} if memory else {})
           for spec, t in zip(specs, seconds)}

@@ -354,6 +354,7 @@ class Program:
       chunk of steps; ``losses`` is ``(steps, num_runs)`` or ``(steps,)``.
     evaluate: ``(params, x, y) -> (summed loss, correct)``, per run.
     compiled: the compiled pieces whose ``seconds`` add up to the compile time.
+    data: the training inputs and labels as the devices hold them (what ``advance`` reads).
     num_runs: how many runs ``carry`` holds.
   """
 
@@ -361,6 +362,7 @@ class Program:
   advance: Callable[[Any, Any], tuple[Any, Any]]
   evaluate: Callable[..., Any]
   compiled: list[Compiled]
+  data: tuple[Any, Any]
   num_runs: int = 1
 
 
@@ -503,7 +505,7 @@ def run_loop(config: TrainConfig, program: Program, indices: Any, *, eval_data: 
   )
 
 
-def _placed_eval(dp: parallel.DataParallel, x: np.ndarray, y: np.ndarray) -> tuple:
+def place_eval(dp: parallel.DataParallel, x: np.ndarray, y: np.ndarray) -> tuple:
   """Evaluation data as the devices read it (replicated on a mesh, host arrays otherwise)."""
   if dp.mesh is None:
     return x, y
@@ -530,21 +532,19 @@ def single_program(config: TrainConfig, train_data: data_lib.Dataset,
   advance, compiled = chunk_advance(step, x_all, y_all, dp, scan=False, batch_axis=0)
   evaluate = jax.jit(lambda p, x, y: eval_sums(graphdef, p, rest, x, y))
   return Program(carry=(params, opt_state), advance=advance, evaluate=evaluate,
-                 compiled=[compiled]), graphdef
+                 compiled=[compiled], data=(x_all, y_all)), graphdef
 
 
 def compile_step(config: TrainConfig, train_data: data_lib.Dataset,
-                 dp: Optional[parallel.DataParallel] = None) -> tuple[Any, Any, Any, float]:
-  """The compiled training step of one run, as :func:`train` runs it, for timing:
-  ``(graphdef, carry, step, compile seconds)`` with ``step(carry, x_all, y_all, idx) ->
-  (carry, loss)`` (``carry`` donated)."""
+                 dp: Optional[parallel.DataParallel] = None) -> tuple[Program, float]:
+  """The program of one run with its step compiled, as :func:`train` runs it, for timing:
+  ``(program, compile seconds)``; ``program.compiled[0](carry, *program.data, idx) -> (carry,
+  loss)`` is one step (``carry`` donated)."""
   dp = dp or parallel.DataParallel(None)
-  program, graphdef = single_program(config, train_data, dp)
-  x_all, y_all = dp.place_data(train_data.x), dp.place_data(train_data.y)
+  program, _ = single_program(config, train_data, dp)
   idx = dp.place_batch(np.zeros((config.batch_size,), np.int32))
-  compiled = program.compiled[0]
-  compiled.compile(program.carry, x_all, y_all, idx)
-  return graphdef, program.carry, compiled, compiled.seconds
+  program.compiled[0].compile(program.carry, *program.data, idx)
+  return program, program.compiled[0].seconds
 
 
 def _checkpointing(config: TrainConfig, directory: Optional[str], every: int,
@@ -615,12 +615,12 @@ def train(
   def save(step: int, carry: Any, record: dict[str, Any]) -> None:
     ckpt.save(step, carry, record | {"indices": indices[:step].tolist()})
 
-  eval_data = _placed_eval(dp, train_data.x[: config.eval_examples],
+  eval_data = place_eval(dp, train_data.x[: config.eval_examples],
                            train_data.y[: config.eval_examples])
   try:
     with MetricsLog(out_dir, config) as log:
       out = run_loop(config, program, dp.place_batch(indices, 1), eval_data=eval_data,
-                     test_data=_placed_eval(dp, test_data.x, test_data.y),
+                     test_data=place_eval(dp, test_data.x, test_data.y),
                      desc=f"{config.optimizer} lr={config.lr:g}", progress=progress, log=log,
                      resume=resume, checkpoint=save if ckpt else None,
                      checkpoint_every=checkpoint_every)

@@ -370,10 +370,9 @@ def _batch_available(value_fn: Callable[..., Any], extra_args: dict[str, Any]) -
 
 
 def _check_far_end(fraction: Any, dtype: Optional[str], estimator: str,
-                   update_range: str) -> tuple[bool, bool, float]:
-  """Validates the far-end options: ``(unpaired, auto, fraction)``, whether the far end is
-  taken apart from the point gradient, whether on a sub-batch only when ``update`` gets the
-  batch, and the fraction of the batch otherwise."""
+                   update_range: str) -> tuple[bool, float]:
+  """Validates the far-end options: ``(auto, fraction)``, whether the far end is on a
+  sub-batch only when ``update`` gets the batch, and the fraction of the batch otherwise."""
   auto = False
   if isinstance(fraction, str):
     if fraction != "auto":
@@ -409,7 +408,7 @@ def _check_far_end(fraction: Any, dtype: Optional[str], estimator: str,
         f"update_range='predicted'; got estimator={estimator!r}, "
         f"update_range={update_range!r}."
     )
-  return unpaired, auto, float(fraction)
+  return auto, float(fraction)
 
 
 class AverageGradientState(NamedTuple):
@@ -549,7 +548,7 @@ def average_gradient(
   _check_choice("update_range", update_range, RANGES)
   _check_choice("accumulate", accumulate, ACCUMULATORS)
   _check_choice("combine", combine, COMBINES)
-  unpaired, auto, fraction = _check_far_end(far_batch_fraction, far_dtype, estimator,
+  auto, fraction = _check_far_end(far_batch_fraction, far_dtype, estimator,
                                             update_range)
   if max_gain is not None and combine != "accelerate":
     raise ValueError(f"max_gain bounds combine='accelerate'; got combine={combine!r}.")
