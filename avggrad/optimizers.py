@@ -19,6 +19,8 @@ explicit call, never a side effect of an import.
 
 from __future__ import annotations
 
+import inspect
+
 from typing import Any, Callable
 
 import jax
@@ -201,8 +203,9 @@ def make_optimizer(spec: str, learning_rate: optax.ScalarOrSchedule
     'GradientTransformationExtraArgs'
   """
   name, options = parse_optimizer(spec)
+  factory = _REGISTRY[name]
   try:
-    tx = _REGISTRY[name](learning_rate, **options)
+    inspect.signature(factory).bind(learning_rate, **options)
   except TypeError as e:
     raise ValueError(f"Optimizer {name!r} does not take the options {sorted(options)}: {e}") from e
-  return optax.with_extra_args_support(tx)
+  return optax.with_extra_args_support(factory(learning_rate, **options))

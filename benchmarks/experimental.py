@@ -10,6 +10,13 @@
   \\mathbb{E}[z \\odot Hz]` with Rademacher :math:`z` (``probes`` of them per step, one
   Hessian-vector product each, by forward-over-reverse). Options: ``span``, ``combine``,
   ``probes``.
+* ``sf-avg-adamw``: schedule-free AdamW with the average gradient *inside* it,
+  ``optax.contrib.schedule_free(average_gradient(base))``: the far end lies along the raw base
+  step from the gradient point :math:`y` (the :math:`z` step), not along the interpolated step
+  that ``avg-schedule-free-adamw`` (the wrapper outside) predicts. Options: the wrapper's
+  (``span``, ``far_batch_fraction``, ...) and ``b1``, ``b2``, ``eps``, ``weight_decay``.
+* ``kron``: PSGD Kron (``distributed-kron`` on PyPI, pure JAX/Optax; not a dependency of
+  avggrad: install it to run this peer). Options: ``b1``.
 """
 
 from __future__ import annotations
@@ -105,7 +112,33 @@ def _prev_adam(learning_rate, **options) -> optax.GradientTransformation:
   return previous_gradient_control(avggrad.adam_baseline(learning_rate), **options)
 
 
-EXPERIMENTAL = {"pc-adam": _pc_adam, "pc-rmsprop": _pc_rmsprop, "prev-adam": _prev_adam}
+def _sf_avg_adamw(learning_rate, *, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+                  weight_decay: float = 0.0, **wrapper: Any
+                  ) -> optax.GradientTransformationExtraArgs:
+  # optax.contrib.schedule_free_adamw's base (Adam without momentum), fed the average
+  # gradient, inside schedule_free (which passes value_fn and batch on to its base).
+  base = optax.chain(
+      optax.scale_by_rms(decay=b2, eps=eps, eps_in_sqrt=False, bias_correction=True),
+      optax.add_decayed_weights(weight_decay),
+      optax.scale_by_learning_rate(learning_rate))
+  return optax.contrib.schedule_free(avggrad.average_gradient(base, **wrapper),
+                                     learning_rate=learning_rate, b1=b1)
+
+
+def _kron(learning_rate, **options) -> optax.GradientTransformation:
+  # distributed-kron 2.0.0 subscripts PartitionSpec in an annotation (``PartitionSpec[str,
+  # str]``), which jax >= 0.10 rejects at import; an identity __class_getitem__ lets it load.
+  if not hasattr(jax.sharding.PartitionSpec, "__class_getitem__"):
+    jax.sharding.PartitionSpec.__class_getitem__ = classmethod(lambda cls, item: cls)
+  try:
+    import distributed_kron  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise ImportError("the 'kron' peer needs PSGD Kron: pip install distributed-kron") from e
+  return distributed_kron.kron(learning_rate, **options)
+
+
+EXPERIMENTAL = {"pc-adam": _pc_adam, "pc-rmsprop": _pc_rmsprop, "prev-adam": _prev_adam,
+                "sf-avg-adamw": _sf_avg_adamw, "kron": _kron}
 """The research optimizers by name."""
 
 

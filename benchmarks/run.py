@@ -35,12 +35,12 @@ single-step times of ``benchmarks/overheads.py``.
 Results go to ``benchmarks/results/<grid name>/runs.jsonl`` (one line per run: task,
 optimizer, learning rate, seed, config, per-step losses, evaluations, time per step). A run
 already present is skipped, so an interrupted grid resumes where it stopped. ``--shard i/n``
-runs every n-th task (for several processes, each writing its own file); ``--quick`` runs a
+runs every n-th selected task (for several processes, each writing its own file); ``--quick`` runs a
 representative slice.
 
 Usage::
 
-  python -m benchmarks.run benchmarks/grids/main.json [--tasks PATTERN] [--shard 0/2]
+  python -m benchmarks.run benchmarks/grids/main.json [--tasks GLOB,GLOB] [--shard 0/2]
   python -m benchmarks.run --quick
 """
 
@@ -354,11 +354,13 @@ def main(argv: Optional[list[str]] = None) -> None:
   parser.add_argument("grid", nargs="?", help="grid file (JSON)")
   parser.add_argument("--quick", action="store_true",
                       help=f"run the quick slice ({os.path.relpath(QUICK_GRID)})")
-  parser.add_argument("--tasks", default="*", help="only tasks whose name matches this glob")
+  parser.add_argument("--tasks", default="*",
+                      help="only tasks whose name matches one of these comma-separated globs")
   parser.add_argument("--optimizers", default="*",
                       help="only optimizers matching one of these comma-separated globs "
                            "(the baselines always run: they set the target)")
-  parser.add_argument("--shard", default="0/1", help="i/n: run every n-th task starting at i")
+  parser.add_argument("--shard", default="0/1",
+                      help="i/n: run every n-th of the selected tasks, starting at i")
   parser.add_argument("--results-dir", default=None, help="default benchmarks/results/<name>")
   parser.add_argument("--data-dir", default=os.environ.get("AVGGRAD_DATA_DIR"),
                       help="folder with the datasets' original files (default "
@@ -389,9 +391,8 @@ def main(argv: Optional[list[str]] = None) -> None:
                   batched=not args.one_at_a_time, devices=args.devices,
                   shard_params=args.shard_params)
   start = time.perf_counter()
-  for index, task in enumerate(grid["tasks"]):
-    if not fnmatch.fnmatch(task["name"], args.tasks) or index % n != i:
-      continue
+  selected = [task for task in grid["tasks"] if matches(task["name"], args.tasks)]
+  for task in selected[i::n]:
     labels = task_optimizers(grid, task)
     for label in labels:
       if label in grid["baselines"]:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from avggrad import metrics
-from benchmarks import headline, report
+from benchmarks import headline, performance_profile, report
 from benchmarks import run as run_lib
 
 STEPS = 200
@@ -204,3 +204,53 @@ def test_device_benchmark_writes_its_results_within_a_budget(tmp_path):
     assert set(row) == set(device.VARIANTS) and row["optax.adam"]["vs_optax_adam"] == 1.0
     assert all(v["seconds"] > 0 for v in row.values())
   assert "Step time relative to `optax.adam`" in (tmp_path / f"{name}.md").read_text()
+
+
+def test_performance_profile_and_best_peer_table(tmp_path, fake_training):
+  grid_path = make_grid(tmp_path)
+  results = tmp_path / "results"
+  run_lib.main([grid_path, "--results-dir", str(results)])
+  step = {"rmsprop": 1e-3, "adam": 2e-3, "avg-rmsprop": 3e-3}
+  (results / "overheads.json").write_text(json.dumps(
+      {"tasks": {"task": {k: {"seconds_per_step": v} for k, v in step.items()}}}))
+  target = json.loads(open(grid_path).read())["tasks"][0]["target"]
+  window = metrics.default_window(STEPS)
+
+  def seconds(label, lr):
+    found = [metrics.iterations_to_target([float(f"{v:.5g}") for v in
+                                           synthetic_losses(label, lr, s)], target, window)
+             for s in (0, 1, 2)]
+    return float(np.median(found)) * step[label]
+
+  wall = {"rmsprop": seconds("rmsprop", 1e-3), "adam": seconds("adam", 1e-2),
+          "avg-rmsprop": seconds("avg-rmsprop", 3e-5)}
+  peer = min(("rmsprop", "adam"), key=wall.get)
+  text = performance_profile.build(grid_path, ["avg-rmsprop"], ["rmsprop", "adam"],
+                                   min_depth=0, out=str(tmp_path / "out"),
+                                   results_dir=str(results))
+  row = next(line for line in text.splitlines() if line.startswith("| task | ") and " s | " in line)
+  assert f"| {peer}: " in row
+  assert f"({wall['avg-rmsprop'] / wall[peer]:.2f}) |" in row
+  # With one task, rho(1) is 1 for the fastest optimizer and 0 for the others.
+  fastest = min(wall, key=wall.get)
+  assert f"| {fastest} | 1.00 |" in text
+  assert (tmp_path / "out" / "profile.png").exists()
+  # Closed form with a miss: the miss never counts, ties count for both.
+  rho = performance_profile.profile({"a": [1.0, math.inf, 3.0], "b": [2.0, 5.0, 3.0]},
+                                    [1.0, 2.0])
+  assert rho == {"a": [2 / 3, 2 / 3], "b": [2 / 3, 1.0]}
+  # A task where a profiled optimizer did not run is left out, by name.
+  with pytest.raises(ValueError, match="not run: lion"):
+    performance_profile.build(grid_path, ["lion"], ["adam"], min_depth=0,
+                              results_dir=str(results))
+
+
+def test_runner_tasks_take_several_globs_and_shard_the_selection(tmp_path, fake_training):
+  grid_path = make_grid(tmp_path)
+  grid = json.loads(open(grid_path).read())
+  grid["tasks"] = [{"name": n, "target": None} for n in ("a1", "b1", "a2")]
+  open(grid_path, "w").write(json.dumps(grid))
+  run_lib.main([grid_path, "--results-dir", str(tmp_path / "r"), "--tasks", "b*,a2",
+                "--shard", "1/2", "--optimizers", "adam"])
+  # The selection is [b1, a2] (grid order); shard 1 of 2 takes its second task.
+  assert {r["task"] for r in run_lib.read_results(str(tmp_path / "r" / "runs.jsonl"))} == {"a2"}
