@@ -254,3 +254,24 @@ def test_runner_tasks_take_several_globs_and_shard_the_selection(tmp_path, fake_
                 "--shard", "1/2", "--optimizers", "adam"])
   # The selection is [b1, a2] (grid order); shard 1 of 2 takes its second task.
   assert {r["task"] for r in run_lib.read_results(str(tmp_path / "r" / "runs.jsonl"))} == {"a2"}
+
+
+def test_gain_probe_reports_what_accelerate_did():
+  import jax
+  from avggrad import transforms
+  from benchmarks import gain_stats
+  point = {"a": np.array([1.0, -1.0, 2.0, 0.5]), "b": np.array([[1.0, 1.0]])}
+  average = {"a": np.array([3.0, -2.0, 1.0, -1.0]), "b": np.array([[4.0, 1.0]])}
+  records = []
+  with gain_stats.probing(records):
+    out = jax.jit(transforms.COMBINES[gain_stats.PROBE])(point, average)
+    jax.effects_barrier()
+  assert gain_stats.PROBE not in transforms.COMBINES
+  # accelerate fires where the signs agree and |average| > |point|: a[0] (x3), a[1] (x2),
+  # b[0, 0] (x4); not a[2] (shorter), a[3] (flipped) or b[0, 1] (equal).
+  np.testing.assert_allclose(out["a"], [3.0, -2.0, 2.0, 0.5])
+  fired, gain, lengthening = records[0]
+  assert fired == pytest.approx(3 / 6) and gain == pytest.approx(3.0)
+  g = np.concatenate([point["a"], point["b"].ravel()])
+  c = np.array([3.0, -2.0, 2.0, 0.5, 4.0, 1.0])
+  assert lengthening == pytest.approx(np.linalg.norm(c) / np.linalg.norm(g), rel=1e-6)
