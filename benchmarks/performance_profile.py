@@ -4,7 +4,7 @@ For every selected task of a grid, each optimizer's time to the task's target is
 iterations to target at its own best learning rate (as in ``benchmarks.report``) times its
 interleaved step time (``overheads.json``); a run that diverged or missed the target counts
 as infinite time. The *best peer* of a task is the fastest of the peers (by default Adam,
-NAdam, schedule-free AdamW, Muon and PSGD Kron: what a user would pick instead of avggrad).
+NAdam, schedule-free AdamW and Muon: what a user would pick instead of avggrad).
 
 Outputs, from one command:
 
@@ -37,7 +37,7 @@ from typing import Any, Optional, Sequence
 from avggrad import protocol
 from benchmarks import headline, report
 
-PEERS = ("adam", "nadam", "schedule-free-adamw", "muon", "kron")
+PEERS = ("adam", "nadam", "schedule-free-adamw", "muon")
 AVGGRAD = ("avg-adam-q", "avg-rmsprop-momentum")
 TAUS = (1.0, 1.25, 1.5, 2.0, 4.0)
 
