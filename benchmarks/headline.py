@@ -7,11 +7,13 @@ The figures are those of ``benchmarks.report`` (same selection of each optimizer
 learning rate); this only lays them out compactly. ``--columns`` picks the layout: ``main``
 (the first grids), ``fine`` (issues 10 and 11: avggrad.adam's far-end variants against Adam,
 the RMSProp forms against RMSProp and against the better of RMSProp and Adam), ``peers``
-(every optimizer of the grid against tuned Adam). Usage::
+(every optimizer of the grid against tuned Adam), ``momentum`` (issue 20: AvgGrad-RMSProp with
+momentum against RMSProp, RMSProp with momentum and Adam). Usage::
 
   python -m benchmarks.headline benchmarks/grids/main.json benchmarks/grids/deep.json
   python -m benchmarks.headline --columns fine benchmarks/grids/fine.json
   python -m benchmarks.headline --columns peers benchmarks/grids/peers.json
+  python -m benchmarks.headline --columns momentum benchmarks/grids/fine.json
 """
 
 from __future__ import annotations
@@ -48,8 +50,20 @@ COLUMN_SETS: dict[str, list[tuple[str, str, str]]] = {
          "rmsprop"),
         ("best RMSProp form vs the better of RMSProp and Adam", "best-rmsprop-form", "best"),
     ],
+    "momentum": [
+        ("RMSProp+momentum vs RMSProp", "rmsprop-momentum", "rmsprop"),
+        ("avggrad.rmsprop, momentum 0.9, vs RMSProp+momentum", "avg-rmsprop-momentum",
+         "rmsprop-momentum"),
+        ("avggrad.rmsprop, momentum 0.9, vs the best of RMSProp, RMSProp+momentum and Adam",
+         "avg-rmsprop-momentum", "best3"),
+        ("momentum-free form vs the best of the three", "avg-rmsprop-point-trap", "best3"),
+        ("far end on 1/4 batch, momentum 0.9, vs the best of the three",
+         "avg-rmsprop-momentum-q", "best3"),
+    ],
 }
 COLUMNS = COLUMN_SETS["main"]
+# The baselines a "best" (``best``: RMSProp, Adam; ``best3``: with RMSProp+momentum) names.
+BEST_OF = {"best": ("rmsprop", "adam"), "best3": ("rmsprop", "rmsprop-momentum", "adam")}
 RMSPROP_FORMS = ("avg-rmsprop", "avg-rmsprop-point", "avg-rmsprop-point-trap")
 
 
@@ -75,10 +89,12 @@ def _pick(summary: dict[str, Any], label: str) -> Optional[dict[str, Any]]:
 
 
 def _baseline(summary: dict[str, Any], baseline: str) -> Optional[dict[str, Any]]:
-  if baseline != "best":
+  if baseline not in BEST_OF:
     return summary["optimizers"].get(baseline)
-  options = [summary["optimizers"][k] for k in ("rmsprop", "adam") if k in summary["optimizers"]]
-  return min(options, key=lambda o: o["median_iterations"]) if options else None
+  if any(k not in summary["optimizers"] for k in BEST_OF[baseline]):
+    return None
+  return min((summary["optimizers"][k] for k in BEST_OF[baseline]),
+             key=lambda o: o["median_iterations"])
 
 
 def cell(summary: dict[str, Any], label: str, baseline: str) -> str:
