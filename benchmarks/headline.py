@@ -67,12 +67,14 @@ BEST_OF = {"best": ("rmsprop", "adam"), "best3": ("rmsprop", "rmsprop-momentum",
 RMSPROP_FORMS = ("avg-rmsprop", "avg-rmsprop-point", "avg-rmsprop-point-trap")
 
 
-def summaries(grid_path: str, results_dir: Optional[str] = None
+def summaries(grid_path: str, results_dir: Optional[str] = None, tasks: str = "*"
               ) -> list[tuple[dict[str, Any], dict[str, Any], dict[str, Any]]]:
-  """(grid, task, summary) for every task of a grid with results."""
+  """(grid, task, summary) for every task of a grid with results (whose name matches one of
+  the comma-separated globs ``tasks``)."""
   grid, _, records, overheads = report.load(grid_path, results_dir)
   return [(grid, task, summary)
-          for task, summary in report.summarize_tasks(grid, records, overheads)]
+          for task, summary in report.summarize_tasks(grid, records, overheads)
+          if report.run_lib.matches(task["name"], tasks)]
 
 
 def _pick(summary: dict[str, Any], label: str) -> Optional[dict[str, Any]]:
@@ -133,11 +135,12 @@ def peers_detail(grid_paths: list[str], results_dir: Optional[str] = None) -> st
   return "\n".join(lines)
 
 
-def peers_table(grid_paths: list[str], results_dir: Optional[str] = None) -> str:
+def peers_table(grid_paths: list[str], results_dir: Optional[str] = None,
+                tasks: str = "*") -> str:
   """Every optimizer (rows) against tuned Adam on each task (columns): median iterations to
   the target relative to Adam's, wall-clock ratio in brackets."""
   found = [(grid, task, summary) for path in grid_paths
-           for grid, task, summary in summaries(path, results_dir)]
+           for grid, task, summary in summaries(path, results_dir, tasks)]
   labels: list[str] = []
   for grid, _, summary in found:
     labels += [k for k in grid["optimizers"]
@@ -155,16 +158,16 @@ def peers_table(grid_paths: list[str], results_dir: Optional[str] = None) -> str
 
 
 def table(grid_paths: list[str], results_dir: Optional[str] = None,
-          columns: str = "main") -> str:
+          columns: str = "main", tasks: str = "*") -> str:
   if columns == "peers":
-    return peers_table(grid_paths, results_dir)
+    return peers_table(grid_paths, results_dir, tasks)
   if columns == "peers-detail":
     return peers_detail(grid_paths, results_dir)
   chosen = COLUMN_SETS[columns]
   lines = ["| task | seeds | " + " | ".join(c[0] for c in chosen) + " |",
            "|---|---|" + "---|" * len(chosen)]
   for path in grid_paths:
-    for grid, task, summary in summaries(path, results_dir):
+    for grid, task, summary in summaries(path, results_dir, tasks):
       name = task["name"] + (" †" if summary["degenerate"] else "")
       cells = [cell(summary, label, base) for _, label, base in chosen]
       lines.append(f"| {name} | {len(grid['seeds'])} | " + " | ".join(cells) + " |")
@@ -175,8 +178,9 @@ def main(argv: Optional[list[str]] = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("grids", nargs="+")
   parser.add_argument("--columns", default="main", choices=[*COLUMN_SETS, "peers", "peers-detail"])
+  parser.add_argument("--tasks", default="*", help="only tasks matching these comma-separated globs")
   args = parser.parse_args(argv)
-  print(table(args.grids, columns=args.columns))
+  print(table(args.grids, columns=args.columns, tasks=args.tasks))
 
 
 if __name__ == "__main__":

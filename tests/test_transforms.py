@@ -74,8 +74,8 @@ def test_average_gradient_predicted_range_matches_manual_computation(estimator):
 
 def test_previous_range_in_the_alias_matches_the_chain():
   params, loss = _problem()
-  tx = avggrad.rmsprop(0.01, update_range="previous", combine="replace", span=1.0,
-                       accumulate="average", estimator="factorized")
+  tx = avggrad.rmsprop(0.01, momentum=None, update_range="previous", combine="replace",
+                       span=1.0, accumulate="average", estimator="factorized")
   chain = optax.chain(avggrad.scale_by_average_gradient(estimator="factorized", combine="replace"),
                       avggrad.rmsprop_baseline(0.01))
   s1, s2 = tx.init(params), chain.init(params)
@@ -174,7 +174,7 @@ def test_eps_placement_matters_for_tiny_gradients():
 @pytest.mark.parametrize(
     "alias, baseline, options",
     [
-        (avggrad.rmsprop, avggrad.rmsprop_baseline,
+        (avggrad.rmsprop, functools.partial(avggrad.rmsprop_baseline, momentum=0.9),
          dict(estimator="trapezoid", update_range="predicted", span=8.0, accumulate="point",
               combine="accelerate")),
         (avggrad.adam, avggrad.adam_baseline,
@@ -185,6 +185,11 @@ def test_eps_placement_matters_for_tiny_gradients():
 def test_alias_defaults_are_the_documented_ones(alias, baseline, options):
   """The defaults the benchmarks chose (see the aliases' docstrings) are what the aliases do."""
   _assert_same_trajectory(alias(0.01), avggrad.average_gradient(baseline(0.01), **options))
+
+
+def test_rmsprop_momentum_zero_is_the_momentum_free_form():
+  """Grid specs pin the momentum-free form as ``momentum=0`` (the default is 0.9)."""
+  _assert_same_trajectory(avggrad.rmsprop(0.01, momentum=0.0), avggrad.rmsprop(0.01, momentum=None))
 
 
 def test_adam_baseline_matches_optax_adam():
@@ -224,7 +229,8 @@ def test_jit_train_step_and_convergence_on_a_deep_tanh_mlp(make):
 def test_learning_rate_schedule():
   params, loss = _problem()
   schedule = optax.linear_schedule(0.1, 0.0, transition_steps=2)
-  tx = avggrad.rmsprop(schedule, update_range="previous")
+  # Without momentum (which would carry the earlier steps past the schedule's zero).
+  tx = avggrad.rmsprop(schedule, update_range="previous", momentum=None)
   state = tx.init(params)
   p, u0, state = _step(tx, params, state, loss)
   p, u1, state = _step(tx, p, state, loss)
