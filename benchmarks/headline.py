@@ -45,7 +45,7 @@ COLUMN_SETS: dict[str, list[tuple[str, str, str]]] = {
          "rmsprop"),
         ("RMSProp form, accumulate=point, factorized, vs RMSProp", "avg-rmsprop-point",
          "rmsprop"),
-        ("avggrad.rmsprop (accumulate=point, trapezoid: the default) vs RMSProp",
+        ("momentum-free avggrad.rmsprop (momentum=None, accumulate=point, trapezoid) vs RMSProp",
          "avg-rmsprop-point-trap",
          "rmsprop"),
         ("best RMSProp form vs the better of RMSProp and Adam", "best-rmsprop-form", "best"),
