@@ -134,10 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   _add_model_arguments(p_cmp, compare_defaults)
   p_cmp.add_argument("--optimizers", nargs="+",
-                     default=["rmsprop", "avg-rmsprop", "adam", "avg-adam"],
+                     default=["rmsprop", "rmsprop:momentum=0.9", "avg-rmsprop", "adam", "avg-adam"],
                      metavar="SPEC", help="the first is the baseline that sets the target; "
                      + _optimizer_help())
-  p_cmp.add_argument("--lrs", nargs="+", type=_positive_float, default=[3e-5, 1e-4, 3e-4, 1e-3, 3e-3],
+  p_cmp.add_argument("--lrs", nargs="+", type=_positive_float, default=[1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3],
                      help="learning-rate grid shared by all optimizers")
   p_cmp.add_argument("--seeds", nargs="+", type=int, default=[0, 1],
                      help="seeds (initial weights and minibatch order), each run per lr")
