@@ -6,8 +6,8 @@ base, far end on a quarter of the batch, span 8 unless the spec says otherwise) 
 every step, what ``combine="accelerate"`` did: the fraction of coordinates where
 :math:`\\bar g_i` replaced :math:`g_i` (same sign, larger magnitude), the median gain
 :math:`|\\bar g_i| / |g_i|` over those coordinates, and the lengthening of the whole update
-:math:`\\|\\tilde g\\| / \\|g\\|`; beside them the RMS of the parameter change actually applied
-(the step length). Figures are means over the first, middle and last thirds of training.
+:math:`\\|\\tilde g\\| / \\|g\\|` (it does not record the step length at the far end).
+Figures are means over the first, middle and last thirds of training.
 
 Usage::
 

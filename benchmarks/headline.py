@@ -24,6 +24,7 @@ from typing import Any, Optional
 
 from avggrad import protocol
 from benchmarks import report
+from benchmarks import run as run_lib
 
 # (column title, optimizer label, baseline key) in the order the README shows them; the
 # baseline "best" is the better (fewer median iterations) of RMSProp and Adam.
@@ -74,7 +75,7 @@ def summaries(grid_path: str, results_dir: Optional[str] = None, tasks: str = "*
   grid, _, records, overheads = report.load(grid_path, results_dir)
   return [(grid, task, summary)
           for task, summary in report.summarize_tasks(grid, records, overheads)
-          if report.run_lib.matches(task["name"], tasks)]
+          if run_lib.matches(task["name"], tasks)]
 
 
 def _pick(summary: dict[str, Any], label: str) -> Optional[dict[str, Any]]:

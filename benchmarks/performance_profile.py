@@ -34,8 +34,8 @@ import math
 import os
 from typing import Any, Optional, Sequence
 
-from avggrad import protocol
 from benchmarks import headline, report
+from benchmarks import run as run_lib
 
 PEERS = ("adam", "nadam", "schedule-free-adamw", "muon")
 AVGGRAD = ("avg-adam-q", "avg-rmsprop-momentum")
@@ -91,12 +91,6 @@ def profile(times: dict[str, list[float]], taus: Sequence[float]) -> dict[str, l
           for o, t in times.items()}
 
 
-def _cell(mine: dict[str, Any], base: dict[str, Any]) -> str:
-  iters = report.fmt_ratio(protocol.ratio(mine["median_iterations"], base["median_iterations"]))
-  wall = report.fmt_ratio(protocol.ratio(mine["wall_seconds"], base["wall_seconds"]))
-  return iters if iters == "n.r." else f"{iters} ({wall})"
-
-
 def best_peer_table(tasks: list[tuple[str, dict[str, Any]]], labels: Sequence[str],
                     peers: Sequence[str]) -> str:
   """Markdown: per task, each optimizer's iterations (wall-clock) relative to the best peer."""
@@ -107,7 +101,7 @@ def best_peer_table(tasks: list[tuple[str, dict[str, Any]]], labels: Sequence[st
     base = summary["optimizers"][peer]
     head = (f"{peer}: {report.fmt_iters(base['median_iterations'])}, "
             f"{base['wall_seconds']:.2f} s")
-    cells = [_cell(summary["optimizers"][k], base) for k in labels]
+    cells = [headline.cell(summary, k, peer) for k in labels]
     lines.append(f"| {name} | {head} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
@@ -185,8 +179,7 @@ def main(argv: Optional[list[str]] = None) -> None:
   parser.add_argument("--out", default=None,
                       help="folder for profile.png and profile.md (default: the grid's results)")
   args = parser.parse_args(argv)
-  out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                 report.run_lib.load_grid(args.grid)["name"])
+  out = args.out or os.path.dirname(run_lib.results_path(run_lib.load_grid(args.grid)))
   print(build(args.grid, args.optimizers.split(","), args.peers.split(","), args.min_depth,
               out))
 
