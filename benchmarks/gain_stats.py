@@ -98,7 +98,10 @@ def main(argv: Optional[list[str]] = None) -> None:
   parser.add_argument("--out", default=None)
   args = parser.parse_args(argv)
   grid, folder, records, overheads = report.load(args.grid)
-  task = next(t for t in grid["tasks"] if t["name"] == args.task)
+  task = next((t for t in grid["tasks"] if t["name"] == args.task), None)
+  if task is None:
+    parser.error(f"--task {args.task!r} is not a task of {args.grid} "
+                 f"({', '.join(t['name'] for t in grid['tasks'])})")
   best = {label: s["best_lr"] for t, summary in report.summarize_tasks(grid, records, overheads)
           if t["name"] == args.task for label, s in summary["optimizers"].items()}
   config = dataclasses.replace(run_lib.task_config(grid, task), steps=args.steps,
