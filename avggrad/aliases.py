@@ -7,7 +7,7 @@ that the chain is fed.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import jax
 import optax
@@ -25,33 +25,55 @@ def _wrap(inner: optax.GradientTransformation,
   return transforms.average_gradient(inner, **{k: options[k] for k in _WRAPPER_OPTIONS})
 
 
+def _rms_inner(learning_rate, decay, eps, initial_scale, eps_in_sqrt, centered, momentum,
+               nesterov, bias_correction) -> optax.GradientTransformationExtraArgs:
+  """``optax.rmsprop``'s chain, with :func:`avggrad.scale_by_rms` as the scaling."""
+  return optax.with_extra_args_support(
+      optax.chain(
+          transforms.scale_by_rms(
+              decay=decay, eps=0.0 if eps_in_sqrt else eps, eps_root=eps if eps_in_sqrt else 0.0,
+              initial_scale=initial_scale, centered=centered, bias_correction=bias_correction),
+          optax.scale_by_learning_rate(learning_rate),
+          optax.trace(decay=momentum, nesterov=nesterov)
+          if momentum is not None
+          else optax.identity(),
+      )
+  )
+
+
 def rmsprop_baseline(
     learning_rate: optax.ScalarOrSchedule,
     decay: jax.typing.ArrayLike = 0.9,
-    eps: jax.typing.ArrayLike = 1e-7,
-    *,
-    eps_root: jax.typing.ArrayLike = 0.0,
+    eps: jax.typing.ArrayLike = 1e-8,
     initial_scale: jax.typing.ArrayLike = 0.0,
+    eps_in_sqrt: bool = True,
+    centered: bool = False,
     momentum: Optional[jax.typing.ArrayLike] = None,
     nesterov: bool = False,
+    bias_correction: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
-  r"""RMSProp with ``eps`` outside the square root: the baseline of :func:`rmsprop`.
+  r"""RMSProp, as the chain that :func:`rmsprop` feeds with the average gradient.
 
   .. math::
 
     \nu_t = \beta \nu_{t-1} + (1 - \beta) g_t^2, \qquad
-    \Delta_t = -\eta_t \frac{g_t}{\sqrt{\nu_t + \epsilon_{\text{root}}} + \epsilon}
+    \Delta_t = -\eta_t \frac{g_t}{\sqrt{\nu_t + \epsilon}}
+    \quad\text{or, with ``eps_in_sqrt=False``,}\quad
+    -\eta_t \frac{g_t}{\sqrt{\nu_t} + \epsilon}
 
-  This is the chain that :func:`rmsprop` feeds with the average gradient. ``eps`` sits
-  outside the root as in Keras and PyTorch (``optax.rmsprop`` puts it inside by default).
+  The arguments and defaults of ``optax.rmsprop``, with which it agrees numerically.
+  ``eps_in_sqrt=False`` puts ``eps`` outside the root, as Keras and PyTorch do (the form the
+  benchmarks measured, with ``eps=1e-7``: the registry's ``rmsprop``).
 
   Args:
     learning_rate: :math:`\eta`, a scalar or a schedule.
     decay: :math:`\beta`.
-    eps: :math:`\epsilon`, outside the root.
-    eps_root: :math:`\epsilon_{\text{root}}`, inside the root (Optax's placement).
+    eps: :math:`\epsilon`.
     initial_scale: initial value of the accumulator :math:`\nu`.
-    momentum: optional heavy-ball momentum applied after the scaling (as ``optax.rmsprop``).
+    eps_in_sqrt: add ``eps`` inside the root (Optax) or outside (Keras, PyTorch).
+    centered: divide by the standard deviation instead (subtract the squared mean).
+    bias_correction: divide the accumulators by :math:`1 - \beta^t`.
+    momentum: optional heavy-ball momentum applied after the scaling (``None``: none).
     nesterov: use Nesterov momentum.
 
   Returns:
@@ -74,28 +96,21 @@ def rmsprop_baseline(
   References:
     T. Tieleman and G. Hinton, Lecture 6.5 - RMSProp, COURSERA (2012).
   """
-  return optax.with_extra_args_support(
-      optax.chain(
-          transforms.scale_by_rms(
-              decay=decay, eps=eps, eps_root=eps_root, initial_scale=initial_scale
-          ),
-          optax.scale_by_learning_rate(learning_rate),
-          optax.trace(decay=momentum, nesterov=nesterov)
-          if momentum is not None
-          else optax.identity(),
-      )
-  )
+  return _rms_inner(learning_rate, decay, eps, initial_scale, eps_in_sqrt, centered, momentum,
+                    nesterov, bias_correction)
 
 
 def rmsprop(
     learning_rate: optax.ScalarOrSchedule,
     decay: jax.typing.ArrayLike = 0.9,
-    eps: jax.typing.ArrayLike = 1e-7,
-    *,
-    eps_root: jax.typing.ArrayLike = 0.0,
+    eps: jax.typing.ArrayLike = 1e-8,
     initial_scale: jax.typing.ArrayLike = 0.0,
-    momentum: Optional[jax.typing.ArrayLike] = 0.9,
+    eps_in_sqrt: bool = True,
+    centered: bool = False,
+    momentum: Optional[jax.typing.ArrayLike] = None,
     nesterov: bool = False,
+    bias_correction: bool = False,
+    *,
     estimator: str = "trapezoid",
     num_points: int = 3,
     update_range: str = "predicted",
@@ -114,20 +129,23 @@ def rmsprop(
     \bar g_t = \int_0^1 \nabla L(w_t + \tau s \hat\Delta_t)\, d\tau, \qquad
     \Delta_t = \mathrm{RMSProp}_\mu(\bar g_t),
 
-  where :math:`\mathrm{RMSProp}_\mu(v)` is RMSProp's step followed by heavy-ball momentum,
-  :math:`m_t = \mu m_{t-1} + \eta_t v / (\sqrt{\nu_t} + \epsilon)`
-  (:func:`avggrad.average_gradient` around :func:`rmsprop_baseline`). ``eps`` sits outside
-  the square root, as in Keras and PyTorch; ``eps_root`` gives Optax's placement.
+  where :math:`\mathrm{RMSProp}_\mu(v)` is ``optax.rmsprop``'s step (optionally followed by
+  heavy-ball momentum, :math:`m_t = \mu m_{t-1} + \eta_t v / \sqrt{\nu_t + \epsilon}`)
+  (:func:`avggrad.average_gradient` around :func:`rmsprop_baseline`).
 
-  **Defaults, from the benchmarks** (figures: the README's Results, which regenerate from
-  ``benchmarks/``): heavy-ball momentum 0.9 after the scaling (as ``momentum`` in Keras,
-  PyTorch and ``optax.rmsprop``), accelerate-only over 8 predicted steps, the accumulator fed
-  the point gradient and the trapezoid estimator. With momentum this form needed fewer
-  iterations than the best of RMSProp, RMSProp with the same momentum and Adam on the median
-  deep task of the fine grid; it needs a learning rate about 10x lower than RMSProp's
-  (momentum 0.9 multiplies the step by about 10). ``momentum=None`` gives the momentum-free
-  form, which rarely beats Adam. The paper's algorithm as we reconstruct it is
-  ``avggrad.rmsprop(lr, momentum=None, **avggrad.PAPER_FORM)``
+  **A drop-in for** ``optax.rmsprop``: the same arguments and defaults (``eps`` inside the
+  root, no momentum), so ``optax.rmsprop(lr)`` becomes ``avggrad.rmsprop(lr)`` at the same
+  learning rate. The wrapper's options follow, keyword-only.
+
+  **The recommended form** is one argument away: ``avggrad.rmsprop(lr / 10, momentum=0.9)``.
+  With heavy-ball momentum 0.9 (and ``eps_in_sqrt=False, eps=1e-7``, the Keras placement the
+  benchmarks used) it needed fewer iterations than the best of RMSProp, RMSProp with the
+  same momentum and Adam on the median deep task of the fine grid (figures: the README's
+  Results); momentum 0.9 multiplies the step by about 10, hence the 10x lower rate. Without
+  momentum it rarely beats Adam. The wrapper's defaults: accelerate-only over 8 predicted
+  steps, the accumulator fed the point gradient, the trapezoid estimator. The paper's
+  algorithm as we reconstruct it is
+  ``avggrad.rmsprop(lr, eps=1e-7, eps_in_sqrt=False, **avggrad.PAPER_FORM)``
   (:data:`avggrad.transforms.PAPER_FORM`: ``combine="replace", span=1.0,
   accumulate="average", estimator="factorized"``); it never reached the best baseline's
   target on a deep network we tried. For training, prefer :func:`adam`.
@@ -135,11 +153,13 @@ def rmsprop(
   Args:
     learning_rate: :math:`\eta`, a scalar or a schedule.
     decay: :math:`\beta`, the decay of the squared-gradient average.
-    eps: :math:`\epsilon`, outside the root.
-    eps_root: :math:`\epsilon_{\text{root}}`, inside the root.
+    eps: :math:`\epsilon`.
     initial_scale: initial value of the accumulator.
-    momentum: heavy-ball momentum after the scaling (``None``: none).
+    eps_in_sqrt: ``eps`` inside the root (Optax) or outside (Keras, PyTorch).
+    centered: divide by the standard deviation (subtract the squared mean).
+    momentum: heavy-ball momentum after the scaling (``None``: none, as ``optax.rmsprop``).
     nesterov: use Nesterov momentum.
+    bias_correction: divide the accumulators by :math:`1 - \beta^t`.
     estimator: ``"factorized"``, ``"quadrature"`` or ``"trapezoid"``.
     num_points: Gauss-Legendre nodes of the ``"quadrature"`` estimator.
     update_range: ``"predicted"`` (this step's RMSProp update, predicted from the point
@@ -174,15 +194,8 @@ def rmsprop(
   References:
     R. Wolniak and B. Kostek, Neural Computation (DOI 10.1162/neco.a.1514).
   """
-  inner = rmsprop_baseline(
-      learning_rate,
-      decay,
-      eps,
-      eps_root=eps_root,
-      initial_scale=initial_scale,
-      momentum=momentum,
-      nesterov=nesterov,
-  )
+  inner = _rms_inner(learning_rate, decay, eps, initial_scale, eps_in_sqrt, centered, momentum,
+                     nesterov, bias_correction)
   return _wrap(inner, locals())
 
 
@@ -191,8 +204,10 @@ def adam_baseline(
     b1: jax.typing.ArrayLike = 0.9,
     b2: jax.typing.ArrayLike = 0.999,
     eps: jax.typing.ArrayLike = 1e-8,
-    *,
     eps_root: jax.typing.ArrayLike = 0.0,
+    mu_dtype: Optional[Any] = None,
+    *,
+    nesterov: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Adam, as the chain that :func:`adam` feeds with the average gradient.
 
@@ -200,7 +215,7 @@ def adam_baseline(
 
     \Delta_t = -\eta_t \frac{\hat m_t}{\sqrt{\hat \nu_t + \epsilon_{\text{root}}} + \epsilon}
 
-  Numerically the same as ``optax.adam``.
+  Numerically the same as ``optax.adam``, with its arguments and defaults.
 
   Args:
     learning_rate: :math:`\eta`, a scalar or a schedule.
@@ -208,6 +223,8 @@ def adam_baseline(
     b2: decay of the second moment.
     eps: added outside the root.
     eps_root: added inside the root.
+    mu_dtype: the dtype of the first moment.
+    nesterov: Nesterov momentum (NAdam).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` (extra arguments are ignored).
@@ -225,7 +242,8 @@ def adam_baseline(
   """
   return optax.with_extra_args_support(
       optax.chain(
-          transforms.scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root),
+          transforms.scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root,
+                                   mu_dtype=mu_dtype, nesterov=nesterov),
           optax.scale_by_learning_rate(learning_rate),
       )
   )
@@ -236,8 +254,10 @@ def adam(
     b1: jax.typing.ArrayLike = 0.9,
     b2: jax.typing.ArrayLike = 0.999,
     eps: jax.typing.ArrayLike = 1e-8,
-    *,
     eps_root: jax.typing.ArrayLike = 0.0,
+    mu_dtype: Optional[Any] = None,
+    *,
+    nesterov: bool = False,
     estimator: str = "trapezoid",
     num_points: int = 3,
     update_range: str = "predicted",
@@ -286,6 +306,8 @@ def adam(
     b2: decay of the second moment.
     eps: added outside the root.
     eps_root: added inside the root.
+    mu_dtype: the dtype of the first moment.
+    nesterov: Nesterov momentum (NAdam's first moment).
     estimator: ``"factorized"``, ``"quadrature"`` or ``"trapezoid"``.
     num_points: Gauss-Legendre nodes of the ``"quadrature"`` estimator.
     update_range: ``"predicted"`` or ``"previous"``.
@@ -320,5 +342,5 @@ def adam(
     R. Wolniak and B. Kostek, Neural Computation (DOI 10.1162/neco.a.1514);
     D. P. Kingma and J. Ba, ICLR 2015.
   """
-  inner = adam_baseline(learning_rate, b1, b2, eps, eps_root=eps_root)
+  inner = adam_baseline(learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov)
   return _wrap(inner, locals())

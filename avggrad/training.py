@@ -243,13 +243,15 @@ def update_step(tx: optax.GradientTransformation, graphdef: Any, params: Any, re
   """One training step, the one :func:`train` and :func:`avggrad.sweep.sweep` both run:
   the loss and gradient at the current weights, then the optimizer's update.
 
-  The optimizer receives ``value_fn(params, batch)`` (:func:`loss_fn`) and ``batch=(x, y)``,
-  as average-gradient optimizers need (all others ignore them). Returns the new parameters,
-  the new optimizer state and the loss before the update.
+  The optimizer receives ``value_fn(params, batch)`` (:func:`loss_fn`), ``batch=(x, y)``,
+  and, as Optax's line searches take them, ``value=`` (the loss) and ``grad=`` (the raw
+  gradient); average-gradient optimizers use them, all others ignore them. Returns the new
+  parameters, the new optimizer state and the loss before the update.
   """
   value_fn = loss_fn(graphdef, rest)
   loss, grads = jax.value_and_grad(value_fn)(params, (x, y))
-  updates, opt_state = tx.update(grads, opt_state, params, value_fn=value_fn, batch=(x, y))
+  updates, opt_state = tx.update(grads, opt_state, params, value_fn=value_fn, batch=(x, y),
+                                 value=loss, grad=grads)
   return optax.apply_updates(params, updates), opt_state, loss
 
 

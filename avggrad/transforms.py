@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import types
 import warnings
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -50,13 +51,14 @@ def _accelerate(point: Any, average: Any, max_gain: Optional[Any] = None) -> Any
   :math:`\bar g_i` replaces :math:`g_i` where both have the same sign and
   :math:`|\bar g_i| > |g_i|` (the loss curves down along the step), and :math:`g_i` is kept
   elsewhere, so no coordinate's step is ever shortened or reversed. With ``max_gain`` the
-  gain is bounded, :math:`|\bar g_i| \le \text{max\_gain}\,|g_i|`.
+  gain is bounded, :math:`|\bar g_i| \le \max(1, \text{max\_gain})\,|g_i|`.
   """
 
   def pick(g: jax.Array, gbar: jax.Array) -> jax.Array:
     keep = (g * gbar > 0) & (jnp.abs(gbar) > jnp.abs(g))
     if max_gain is not None:
-      gbar = jnp.clip(gbar, -max_gain * jnp.abs(g), max_gain * jnp.abs(g))
+      bound = jnp.maximum(max_gain, 1.0) * jnp.abs(g)  # a traced bound below 1 acts as 1
+      gbar = jnp.clip(gbar, -bound, bound)
     return jnp.where(keep, gbar, g).astype(g.dtype)
 
   return jax.tree.map(pick, point, average)
@@ -84,23 +86,35 @@ def _finite_or_point(point: Any, average: Any) -> Any:
                       point, average)
 
 
-COMBINES: dict[str, Callable[[Any, Any], Any]] = {
+Combine = Callable[[Any, Any], Any]
+"""``combine(point, average) -> combined``: how the point and the average gradient combine."""
+
+COMBINES: types.MappingProxyType[str, Combine] = types.MappingProxyType({
     "replace": _replace,
     "accelerate": _accelerate,
     "no_flip": _no_flip,
-}
+})
 """How the average gradient :math:`\bar g` and the point gradient :math:`g` combine, by name:
 ``"replace"`` (:math:`\bar g` everywhere: the paper's form), ``"accelerate"`` (:math:`\bar
 g_i` only where it has the sign of :math:`g_i` and a larger magnitude: no coordinate's step
 is shortened or reversed; the recommended form) and ``"no_flip"`` (:math:`\bar g_i` unless it
-has the opposite sign of :math:`g_i`: steps may grow or shrink but never reverse)."""
+has the opposite sign of :math:`g_i`: steps may grow or shrink but never reverse). Read-only;
+``combine=`` also takes a callable ``(point, average) -> combined`` (a probe or a new rule)."""
 
 
 def _check_choice(name: str, value: str, choices: Any) -> None:
-  if value not in choices:
+  if not isinstance(value, str) or value not in choices:
     raise ValueError(
         f"Unknown {name} {value!r}; expected one of {', '.join(map(repr, choices))}."
     )
+
+
+def _combine_fn(combine: str | Combine) -> Combine:
+  """The combine rule ``combine`` names, or ``combine`` itself when it is a callable."""
+  if callable(combine):
+    return combine
+  _check_choice("combine", combine, COMBINES)
+  return COMBINES[combine]
 
 
 def _check_whole_params(params: Params, who: str) -> None:
@@ -118,8 +132,12 @@ def _check_whole_params(params: Params, who: str) -> None:
     )
 
 
-def _require(params: Optional[Params], value_fn: Optional[Callable[..., Any]], who: str):
-  """Raises a clear error when ``params`` or ``value_fn`` was not given to ``update``."""
+def _require(params: Optional[Params], value_fn: Optional[Callable[..., Any]], who: str,
+             updates: Updates, extra_args: dict[str, Any]) -> None:
+  """Raises a clear error for what ``update`` cannot work with: no ``params`` or
+  ``value_fn``, a ``value_fn`` whose parameters the extra arguments do not fill (a batch
+  argument under another name than ``batch``), or updates that a transformation upstream in
+  the chain has changed (seen when the raw gradient is passed as ``grad=``)."""
   if params is None:
     raise ValueError(
         f"{who} needs the current parameters: call "
@@ -130,6 +148,58 @@ def _require(params: Optional[Params], value_fn: Optional[Callable[..., Any]], w
         f"{who} needs the keyword argument value_fn (a function params -> loss on the "
         "current batch): call tx.update(grads, state, params, value_fn=loss_fn)."
     )
+  _check_value_fn(value_fn, extra_args, who)
+  _check_upstream(updates, extra_args, who)
+
+
+def _check_value_fn(value_fn: Callable[..., Any], extra_args: dict[str, Any], who: str) -> None:
+  """Raises ``ValueError`` when ``value_fn`` cannot be called with the extra arguments:
+  ``batch=`` given to a ``value_fn`` without a parameter named ``batch``, or a required
+  parameter after the first that no extra argument of its name fills."""
+  try:
+    parameters = list(inspect.signature(value_fn).parameters.values())
+  except (TypeError, ValueError):
+    return
+  if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in parameters):
+    return
+  rest = parameters[1:] if parameters and parameters[0].kind != inspect.Parameter.KEYWORD_ONLY \
+      else parameters
+  names = [p.name for p in rest]
+  fix = ("name that argument `batch` (value_fn(params, batch), called with batch=...), or "
+         "close over the batch (value_fn=lambda params: loss(params, x)) and pass no batch=")
+  if "batch" in extra_args and "batch" not in names:
+    raise ValueError(
+        f"{who} got batch= but value_fn takes no parameter named `batch` (its parameters "
+        f"after the parameters are {names or 'none'}); the batch is passed by that name. "
+        f"To fix: {fix}.")
+  missing = [p.name for p in rest
+             if p.default is inspect.Parameter.empty and p.name not in extra_args
+             and p.kind != inspect.Parameter.VAR_POSITIONAL]
+  if missing:
+    raise ValueError(
+        f"{who} cannot fill value_fn's parameter(s) {missing}: update passes value_fn only "
+        f"the extra arguments of the same name, and the batch goes by the name `batch`. "
+        f"To fix: {fix}.")
+
+
+def _check_upstream(updates: Updates, extra_args: dict[str, Any], who: str) -> None:
+  """Raises ``ValueError`` when ``grad=`` (the raw gradient, Optax's line-search convention)
+  was passed and the incoming updates are not it: a transformation before this one in an
+  ``optax.chain`` (clipping, weight decay, ...) changed them, and it cannot act on the
+  gradient this transformation takes at the far end of the step."""
+  grad = extra_args.get("grad")
+  if grad is None:
+    return
+  ours, raw = jax.tree.leaves(updates), jax.tree.leaves(grad)
+  if len(ours) == len(raw) and all(a is b for a, b in zip(ours, raw)):
+    return
+  raise ValueError(
+      f"{who} received updates that a transformation before it in the chain changed (they "
+      "are not the raw gradient passed as grad=). It takes another gradient at the far end "
+      "of the step, which that transformation never sees: a clip would hold for one end "
+      "only, weight decay would be halved. Put such transformations inside instead, where "
+      "they act on the average gradient: avggrad.average_gradient(optax.chain("
+      "optax.clip_by_global_norm(1.0), optax.adam(1e-3))); see the README's Usage.")
 
 
 def _bind_value_fn(value_fn: Callable[..., Any], extra_args: dict[str, Any]) -> Callable:
@@ -327,9 +397,8 @@ def scale_by_average_gradient(
     R. Wolniak and B. Kostek, Neural Computation (DOI 10.1162/neco.a.1514).
   """
   estimators.check_estimator(estimator, num_points)
-  _check_choice("combine", combine, COMBINES)
+  combine_fn = _combine_fn(combine)
   average = _average_gradient_fn(estimator, num_points)
-  combine_fn = COMBINES[combine]
 
   def init_fn(params: Params) -> ScaleByAverageGradientState:
     _check_whole_params(params, "scale_by_average_gradient")
@@ -345,7 +414,7 @@ def scale_by_average_gradient(
       value_fn: Optional[Callable[..., Any]] = None,
       **extra_args: Any,
   ) -> tuple[Updates, ScaleByAverageGradientState]:
-    _require(params, value_fn, "scale_by_average_gradient")
+    _require(params, value_fn, "scale_by_average_gradient", updates, extra_args)
     delta = _scale_tree(otree.sub(params, state.prev_params), span)
     if estimator == "trapezoid":
       avg = _trapezoid(updates, _far_end_gradient(value_fn, extra_args, params, delta,
@@ -431,16 +500,17 @@ def _has_second_moment_input(state: Any) -> bool:
   return any(isinstance(leaf, kinds) for leaf in leaves)
 
 
-PAPER_FORM: dict[str, Any] = {
+PAPER_FORM: types.MappingProxyType[str, Any] = types.MappingProxyType({
     "estimator": "factorized",
     "span": 1.0,
     "combine": "replace",
     "accumulate": "average",
-}
+})
 """The paper's form as we reconstruct it, one argument away from the recommended defaults:
 ``avggrad.average_gradient(inner, **avggrad.PAPER_FORM)`` (the factorized estimator over the
 predicted step, fed to ``inner`` in place of the gradient). It did not beat its baselines on
-any deep task we ran (see the README's Results)."""
+any deep task we ran (see the README's Results). Read-only: copy it (``dict(PAPER_FORM)``)
+to change a field."""
 
 
 def average_gradient(
@@ -547,16 +617,18 @@ def average_gradient(
   estimators.check_estimator(estimator, num_points)
   _check_choice("update_range", update_range, RANGES)
   _check_choice("accumulate", accumulate, ACCUMULATORS)
-  _check_choice("combine", combine, COMBINES)
-  auto, fraction = _check_far_end(far_batch_fraction, far_dtype, estimator,
-                                            update_range)
-  if max_gain is not None and combine != "accelerate":
-    raise ValueError(f"max_gain bounds combine='accelerate'; got combine={combine!r}.")
+  combine_fn = _combine_fn(combine)
+  auto, fraction = _check_far_end(far_batch_fraction, far_dtype, estimator, update_range)
+  if max_gain is not None:
+    if combine != "accelerate":
+      raise ValueError(f"max_gain bounds combine='accelerate'; got combine={combine!r}.")
+    if isinstance(max_gain, (int, float)) and not max_gain >= 1:
+      raise ValueError(
+          f"max_gain must be at least 1, got {max_gain}: accelerate never shortens a step, "
+          "and a bound below 1 would.")
+    combine_fn = functools.partial(_accelerate, max_gain=max_gain)
   inner = optax.with_extra_args_support(inner)
   average = _average_gradient_fn(estimator, num_points)
-  combine_fn = COMBINES[combine]
-  if max_gain is not None:
-    combine_fn = functools.partial(_accelerate, max_gain=max_gain)
   tracker = scale_by_average_gradient(
       estimator=estimator, num_points=num_points, span=span, combine="replace"
   )
@@ -581,7 +653,8 @@ def average_gradient(
       value_fn: Optional[Callable[..., Any]] = None,
       **extra_args: Any,
   ) -> tuple[Updates, AverageGradientState]:
-    _require(params, value_fn, "average_gradient")
+    _require(params, value_fn, "average_gradient", updates, extra_args)
+    extra_args = {k: v for k, v in extra_args.items() if k != "grad"}  # inner sees no raw grad
     point = updates
     range_state = state.range_state
     if update_range == "predicted":
@@ -616,8 +689,16 @@ def average_gradient(
 
 
 class ScaleByRmsState(NamedTuple):
-  """State of :func:`scale_by_rms`: the exponential moving average of squared gradients."""
+  """State of :func:`scale_by_rms`.
 
+  Attributes:
+    count: steps taken (for the bias correction).
+    mu: the moving average of the gradients (``centered=True``; ``None`` otherwise).
+    nu: the moving average of the squared gradients.
+  """
+
+  count: jax.Array
+  mu: Optional[Updates]
   nu: Updates
 
 
@@ -626,25 +707,33 @@ def scale_by_rms(
     eps: jax.typing.ArrayLike = 1e-7,
     eps_root: jax.typing.ArrayLike = 0.0,
     initial_scale: jax.typing.ArrayLike = 0.0,
+    *,
+    centered: bool = False,
+    bias_correction: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""RMSProp's scaling, with ``eps`` outside the square root.
 
   .. math::
 
     \nu_t = \beta \nu_{t-1} + (1 - \beta) v_t^2, \qquad
-    u_t = \frac{g_t}{\sqrt{\nu_t + \epsilon_{\text{root}}} + \epsilon},
+    u_t = \frac{g_t}{\sqrt{\hat\nu_t - \hat\mu_t^2 + \epsilon_{\text{root}}} + \epsilon},
 
   where :math:`v_t` is the ``second_moment_updates`` extra argument when given and the
-  incoming update :math:`g_t` otherwise. ``eps`` is added outside the root, as in Keras and
-  PyTorch; ``optax.scale_by_rms`` adds it inside, where ``eps=1e-7`` acts like an epsilon
-  of about ``3e-4`` and freezes networks whose gradients are small. ``eps_root`` gives
-  Optax's placement.
+  incoming update :math:`g_t` otherwise, :math:`\mu_t = \beta\mu_{t-1} + (1-\beta) v_t`
+  with ``centered=True`` (and :math:`\hat\mu = 0` otherwise), and the hats divide by
+  :math:`1 - \beta^t` with ``bias_correction=True``. ``eps`` is added outside the root, as in
+  Keras and PyTorch; ``optax.scale_by_rms`` adds it inside by default, where ``eps=1e-7``
+  acts like an epsilon of about ``3e-4`` and freezes networks whose gradients are small.
+  ``eps_root`` gives Optax's placement (``optax.scale_by_rms(eps=e)`` is
+  ``scale_by_rms(eps=0, eps_root=e)``).
 
   Args:
     decay: :math:`\beta`, the decay of the moving average.
     eps: :math:`\epsilon`, added to the root.
     eps_root: :math:`\epsilon_{\text{root}}`, added under the root.
     initial_scale: initial value of :math:`\nu`.
+    centered: subtract the squared mean (``optax.scale_by_stddev``).
+    bias_correction: divide the averages by :math:`1 - \beta^t`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -663,7 +752,9 @@ def scale_by_rms(
   """
 
   def init_fn(params: Params) -> ScaleByRmsState:
-    return ScaleByRmsState(nu=otree.full_like(params, initial_scale))
+    return ScaleByRmsState(count=jnp.zeros([], jnp.int32),
+                           mu=otree.zeros_like(params) if centered else None,
+                           nu=otree.full_like(params, initial_scale))
 
   def update_fn(
       updates: Updates,
@@ -675,11 +766,19 @@ def scale_by_rms(
   ) -> tuple[Updates, ScaleByRmsState]:
     del params, extra_args
     moment_input = updates if second_moment_updates is None else second_moment_updates
+    count = optax.safe_increment(state.count)
     nu = otree.update_moment_per_elem_norm(moment_input, state.nu, decay, 2)
+    nu_hat = otree.bias_correction(nu, decay, count) if bias_correction else nu
+    mu = None
+    if centered:
+      mu = otree.update_moment(moment_input, state.mu, decay, 1)
+      mu_hat = otree.bias_correction(mu, decay, count) if bias_correction else mu
+      nu_hat = jax.tree.map(lambda n, m: n - jnp.square(m), nu_hat, mu_hat)
+      mu = otree.cast_like(mu, state.mu)
     new_updates = jax.tree.map(
-        lambda g, n: (g / (jnp.sqrt(n + eps_root) + eps)).astype(g.dtype), updates, nu
+        lambda g, n: (g / (jnp.sqrt(n + eps_root) + eps)).astype(g.dtype), updates, nu_hat
     )
-    return new_updates, ScaleByRmsState(nu=otree.cast_like(nu, state.nu))
+    return new_updates, ScaleByRmsState(count=count, mu=mu, nu=otree.cast_like(nu, state.nu))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -697,6 +796,9 @@ def scale_by_adam(
     b2: jax.typing.ArrayLike = 0.999,
     eps: jax.typing.ArrayLike = 1e-8,
     eps_root: jax.typing.ArrayLike = 0.0,
+    mu_dtype: Optional[Any] = None,
+    *,
+    nesterov: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Adam's scaling, whose second moment can be fed a different gradient than the first.
 
@@ -708,13 +810,15 @@ def scale_by_adam(
     + \epsilon},
 
   where :math:`v_t` is the ``second_moment_updates`` extra argument when given and
-  :math:`g_t` otherwise (then this is exactly ``optax.scale_by_adam``).
+  :math:`g_t` otherwise (then this is exactly ``optax.scale_by_adam``, with its arguments).
 
   Args:
     b1: :math:`\beta_1`, decay of the first moment.
     b2: :math:`\beta_2`, decay of the second moment.
     eps: :math:`\epsilon`, added outside the root.
     eps_root: :math:`\epsilon_{\text{root}}`, added under the root.
+    mu_dtype: the dtype of the first moment (``None``: the parameters').
+    nesterov: Nesterov's momentum (NAdam's first moment, as ``optax.scale_by_adam``).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -731,10 +835,12 @@ def scale_by_adam(
     D. P. Kingma and J. Ba, Adam: A Method for Stochastic Optimization, ICLR 2015.
   """
 
+  mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
+
   def init_fn(params: Params) -> ScaleByAdamState:
     return ScaleByAdamState(
         count=jnp.zeros([], jnp.int32),
-        mu=otree.zeros_like(params),
+        mu=otree.zeros_like(params, dtype=mu_dtype),
         nu=otree.zeros_like(params),
     )
 
@@ -751,7 +857,13 @@ def scale_by_adam(
     mu = otree.update_moment(updates, state.mu, b1, 1)
     nu = otree.update_moment_per_elem_norm(moment_input, state.nu, b2, 2)
     count = optax.safe_increment(state.count)
-    mu_hat = otree.bias_correction(mu, b1, count)
+    if nesterov:
+      mu_hat = jax.tree.map(
+          lambda m, g: b1 * m + (1 - b1) * g,
+          otree.bias_correction(mu, b1, optax.safe_increment(count)),
+          otree.bias_correction(updates, b1, count))
+    else:
+      mu_hat = otree.bias_correction(mu, b1, count)
     nu_hat = otree.bias_correction(nu, b2, count)
     new_updates = jax.tree.map(
         lambda m, v, g: (m / (jnp.sqrt(v + eps_root) + eps)).astype(g.dtype),

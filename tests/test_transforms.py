@@ -90,8 +90,8 @@ def test_accumulate_point_feeds_the_point_gradient_to_the_second_moment():
   params, loss = _problem()
   decay = 0.8
   for accumulate in avggrad.ACCUMULATORS:
-    tx = avggrad.rmsprop(0.05, decay=decay, accumulate=accumulate, estimator="trapezoid",
-                         combine="replace", span=1.0)
+    tx = avggrad.rmsprop(0.05, decay=decay, eps=1e-7, eps_in_sqrt=False, accumulate=accumulate,
+                         estimator="trapezoid", combine="replace", span=1.0)
     state = tx.init(params)
     _, updates, state = _step(tx, params, state, loss)
     g = jax.grad(loss)(params)
@@ -143,7 +143,7 @@ def test_accelerate_in_the_transform_never_shortens_a_coordinate():
   assert helpers.rel_error(combined, g) > 1e-3
 
 
-def _assert_same_trajectory(ours, theirs, steps=3):
+def _assert_same_trajectory(ours, theirs, steps=3, rtol=1e-6):
   """Both optimizers make the same updates, step after step, from the same start."""
   params, loss = _problem()
   s1, s2 = ours.init(params), theirs.init(params)
@@ -151,19 +151,38 @@ def _assert_same_trajectory(ours, theirs, steps=3):
   for _ in range(steps):
     p1, u1, s1 = _step(ours, p1, s1, loss)
     p2, u2, s2 = _step(theirs, p2, s2, loss)
-    _tree_close(u1, u2, rtol=1e-6)
+    _tree_close(u1, u2, rtol=rtol)
 
 
 def test_rmsprop_baseline_is_rmsprop_with_eps_outside_the_root():
-  _assert_same_trajectory(avggrad.rmsprop_baseline(0.01, decay=0.9, eps=1e-7),
+  _assert_same_trajectory(avggrad.rmsprop_baseline(0.01, decay=0.9, eps=1e-7, eps_in_sqrt=False),
                           optax.rmsprop(0.01, decay=0.9, eps=1e-7, eps_in_sqrt=False))
+
+
+@pytest.mark.parametrize("options", [{}, dict(centered=True), dict(bias_correction=True),
+                                     dict(centered=True, bias_correction=True, momentum=0.9),
+                                     dict(eps_in_sqrt=False, nesterov=True, momentum=0.5)])
+def test_rmsprop_baseline_is_optax_rmsprop_with_its_arguments(options):
+  # Optax's centered form divides by rsqrt: the same math, rounded differently.
+  _assert_same_trajectory(avggrad.rmsprop_baseline(0.01, **options),
+                          optax.rmsprop(0.01, **options),
+                          rtol=1e-5 if options.get("centered") else 1e-6)
+
+
+@pytest.mark.parametrize("options", [{}, dict(nesterov=True), dict(mu_dtype=jnp.bfloat16),
+                                     dict(eps_root=1e-8, b1=0.8)])
+def test_adam_baseline_is_optax_adam_with_its_arguments(options):
+  ours, theirs = avggrad.adam_baseline(0.01, **options), optax.adam(0.01, **options)
+  _assert_same_trajectory(ours, theirs)
+  if "mu_dtype" in options:
+    assert ours.init(jnp.ones(3)).__getitem__(0).mu.dtype == jnp.bfloat16
 
 
 def test_eps_placement_matters_for_tiny_gradients():
   """optax.rmsprop's default puts eps under the root: an effective eps of sqrt(1e-7)."""
   g = jnp.full((3,), 1e-5)
-  outside = avggrad.rmsprop_baseline(1.0, eps=1e-7)
-  inside = avggrad.rmsprop_baseline(1.0, eps=0.0, eps_root=1e-7)
+  outside = avggrad.rmsprop_baseline(1.0, eps=1e-7, eps_in_sqrt=False)
+  inside = avggrad.rmsprop_baseline(1.0, eps=1e-7)
   u_out, _ = outside.update(g, outside.init(g))
   u_in, _ = inside.update(g, inside.init(g))
   u_optax, _ = optax.rmsprop(1.0, eps=1e-7).update(g, optax.rmsprop(1.0, eps=1e-7).init(g))
@@ -174,7 +193,7 @@ def test_eps_placement_matters_for_tiny_gradients():
 @pytest.mark.parametrize(
     "alias, baseline, options",
     [
-        (avggrad.rmsprop, functools.partial(avggrad.rmsprop_baseline, momentum=0.9),
+        (avggrad.rmsprop, avggrad.rmsprop_baseline,
          dict(estimator="trapezoid", update_range="predicted", span=8.0, accumulate="point",
               combine="accelerate")),
         (avggrad.adam, avggrad.adam_baseline,
@@ -188,7 +207,7 @@ def test_alias_defaults_are_the_documented_ones(alias, baseline, options):
 
 
 def test_rmsprop_momentum_zero_is_the_momentum_free_form():
-  """Grid specs pin the momentum-free form as ``momentum=0`` (the default is 0.9)."""
+  """Grid specs pin the momentum-free form as ``momentum=0`` (the registry's default is 0.9)."""
   _assert_same_trajectory(avggrad.rmsprop(0.01, momentum=0.0), avggrad.rmsprop(0.01, momentum=None))
 
 
