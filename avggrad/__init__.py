@@ -7,6 +7,7 @@ change a step really causes. This package provides its estimators
 :func:`adam`), and same-core baselines (:func:`rmsprop_baseline`, :func:`adam_baseline`).
 """
 
+from avggrad.step_length import AUTO_DEFAULTS, ScaleByAutoState, auto, auto_adam
 from avggrad.aliases import adam, adam_baseline, rmsprop, rmsprop_baseline
 from avggrad.estimators import ESTIMATORS, coverage, value_and_average_grad
 from avggrad.transforms import (
@@ -28,16 +29,20 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ACCUMULATORS",
+    "AUTO_DEFAULTS",
     "COMBINES",
     "ESTIMATORS",
     "PAPER_FORM",
     "RANGES",
     "AverageGradientState",
+    "ScaleByAutoState",
     "ScaleByAdamState",
     "ScaleByAverageGradientState",
     "ScaleByRmsState",
     "adam",
     "adam_baseline",
+    "auto",
+    "auto_adam",
     "average_gradient",
     "coverage",
     "rmsprop",

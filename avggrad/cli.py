@@ -36,8 +36,28 @@ def _positive_float(text: str) -> float:
   return value
 
 
+PER_MODEL = ("depth", "width", "channels", "activation", "init", "vocab_size", "max_len",
+             "embed_dim", "heads", "batch_size")
+"""Settings whose default depends on the model (:data:`avggrad.training.MODEL_DEFAULTS`)."""
+
+
+def _per_model_help(defaults: dict[str, training.TrainConfig]) -> str:
+  """The epilog listing each model's defaults."""
+  lines = ["per-model defaults (an option given on the command line wins):"]
+  used = {"mlp": ("width",), "cnn": ("channels",), "resnet": ("channels",),
+          "text-mlp": ("width", "vocab_size", "max_len", "embed_dim"),
+          "text-conv": ("width", "vocab_size", "max_len", "embed_dim"),
+          "text-lm": ("vocab_size", "max_len", "embed_dim", "heads")}
+  for model, config in defaults.items():
+    keys = ("depth", *used[model], "activation", "init", "batch_size")
+    values = ", ".join(f"--{k.replace('_', '-')} {getattr(config, k)}" for k in keys)
+    lines.append(f"  {model}: {values}")
+  return "\n".join(lines)
+
+
 def _add_model_arguments(parser: argparse.ArgumentParser, defaults: training.TrainConfig) -> None:
   d = defaults
+  per_model = "default: per model, listed below"
   g = parser.add_argument_group("data and model")
   g.add_argument("--dataset", default=d.dataset, choices=data_lib.DATASETS,
                  help=f"dataset ({d.dataset} is shipped with the package)")
@@ -49,25 +69,27 @@ def _add_model_arguments(parser: argparse.ArgumentParser, defaults: training.Tra
   g.add_argument("--model", default=d.model, choices=training.MODELS,
                  help="mlp, cnn and resnet for the image datasets; text-mlp, text-conv and "
                       "text-lm (a causal transformer language model) for imdb_reviews")
-  g.add_argument("--depth", type=_positive_int, default=d.depth, help="hidden layers / convs")
-  g.add_argument("--width", type=_positive_int, default=d.width, help="units per layer")
-  g.add_argument("--channels", type=_positive_int, default=d.channels, help="CNN channels")
+  g.add_argument("--depth", type=_positive_int, help=f"hidden layers / convs / blocks "
+                 f"({per_model})")
+  g.add_argument("--width", type=_positive_int, help=f"units per layer ({per_model})")
+  g.add_argument("--channels", type=_positive_int, help=f"CNN channels ({per_model})")
   g.add_argument("--kernel-size", type=_positive_int, default=d.kernel_size,
                  help="CNN / text-conv kernel size")
   g.add_argument("--pooling", default=d.pooling, choices=models.POOLINGS,
                  help="CNN downsampling")
-  g.add_argument("--activation", default=d.activation, choices=sorted(models.ACTIVATIONS),
-                 help="hidden-layer activation")
-  g.add_argument("--init", default=d.init,
+  g.add_argument("--activation", choices=sorted(models.ACTIVATIONS),
+                 help=f"hidden-layer activation ({per_model})")
+  g.add_argument("--init",
                  help=f"weight initialiser: {', '.join(models.INITIALIZERS)} "
-                      "('normal:0.05' for a normal with std 0.05)")
-  g.add_argument("--vocab-size", type=_positive_int, default=d.vocab_size, help="IMDb words")
-  g.add_argument("--max-len", type=_positive_int, default=d.max_len, help="IMDb tokens")
-  g.add_argument("--embed-dim", type=_positive_int, default=d.embed_dim, help="IMDb embedding")
+                      f"('normal:0.05' for a normal with std 0.05) ({per_model})")
+  g.add_argument("--vocab-size", type=_positive_int, help=f"IMDb words ({per_model})")
+  g.add_argument("--max-len", type=_positive_int, help=f"IMDb tokens ({per_model})")
+  g.add_argument("--embed-dim", type=_positive_int, help=f"IMDb embedding ({per_model})")
+  g.add_argument("--heads", type=_positive_int, help=f"text-lm attention heads ({per_model})")
   t = parser.add_argument_group("training")
   t.add_argument("--steps", type=_positive_int, default=d.steps, help="training steps")
-  t.add_argument("--batch-size", type=_positive_int, default=d.batch_size,
-                 help="examples per minibatch")
+  t.add_argument("--batch-size", type=_positive_int,
+                 help=f"examples per minibatch ({per_model})")
   t.add_argument("--eval-every", type=_positive_int, default=d.eval_every,
                  help="evaluate the training loss/accuracy every N steps")
   t.add_argument("--eval-examples", type=_positive_int, default=d.eval_examples,
@@ -109,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
   train_defaults = training.TrainConfig()
   p_train = sub.add_parser("train", help="train one configuration",
                            description="Train one model with one optimizer and learning rate.",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           epilog=_per_model_help(_model_defaults("train")),
+                           formatter_class=_HelpFormatter)
   _add_model_arguments(p_train, train_defaults)
   p_train.add_argument("--optimizer", default=train_defaults.optimizer, help=_optimizer_help())
   p_train.add_argument("--lr", type=_positive_float, default=train_defaults.lr,
@@ -125,13 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="steps between checkpoints (default with --checkpoint-dir: "
                             "--eval-every)")
 
-  compare_defaults = training.TrainConfig(depth=16, width=64, steps=300, eval_every=50)
+  compare_defaults = training.TrainConfig(steps=COMPARE_STEPS, eval_every=50)
   p_cmp = sub.add_parser(
       "compare", help="compare optimizers (the main job with no options)",
       description="Train the same model with several optimizers, each at its best learning "
                   "rate from one grid, and report iterations and seconds to a target training "
                   "loss.",
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+      epilog=_per_model_help(_model_defaults("compare")),
+      formatter_class=_HelpFormatter)
   _add_model_arguments(p_cmp, compare_defaults)
   p_cmp.add_argument("--optimizers", nargs="+",
                      default=["rmsprop", "rmsprop:momentum=0.9", "avg-rmsprop", "adam", "avg-adam"],
@@ -152,10 +176,28 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+COMPARE_STEPS = 300
+MAIN_JOB = {"mlp": {"width": 64}}
+"""The main job's model (``avggrad compare`` with no options): the MLP's depth, width 64."""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+  """Defaults in the help, and the per-model epilog kept as written."""
+
+
+def _model_defaults(command: str) -> dict[str, training.TrainConfig]:
+  """Each model's default configuration for ``command``."""
+  extra = MAIN_JOB if command == "compare" else {}
+  return {m: training.TrainConfig.for_model(m, **extra.get(m, {})) for m in training.MODELS}
+
+
 def _config(args: argparse.Namespace, **extra) -> training.TrainConfig:
+  """The configuration the arguments name: each per-model setting not given on the command
+  line takes the model's default (:data:`avggrad.training.MODEL_DEFAULTS`)."""
   fields = {f.name for f in dataclasses.fields(training.TrainConfig)}
-  values = {k: v for k, v in vars(args).items() if k in fields}
-  return training.TrainConfig(**(values | extra))
+  base = _model_defaults(args.command)[args.model]
+  values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+  return dataclasses.replace(base, **(values | extra))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -168,8 +210,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "train":
       config = _config(args)
       config.validate()
+      train_data, test_data = training.load_splits(config)
+      training.warn_if_slow(config, train_data)
       every = args.checkpoint_every or (config.eval_every if args.checkpoint_dir else 0)
-      result = training.train(config, out_dir=args.out, progress=not args.no_progress,
+      result = training.train(config, train_data=train_data, test_data=test_data,
+                              out_dir=args.out, progress=not args.no_progress,
                               devices=args.devices, shard_params=args.shard_params,
                               checkpoint_dir=args.checkpoint_dir, checkpoint_every=every)
       last = result.evals[-1] if result.evals else {}
@@ -197,6 +242,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     config = _config(args)
     config.validate()
     train_data, test_data = training.load_splits(config)
+    training.warn_if_slow(config, train_data, runs=len(args.optimizers) * len(args.lrs)
+                          * len(args.seeds))
     comparison = compare_lib.compare(
         config, args.optimizers, args.lrs, args.seeds, target=args.target,
         target_fraction=args.target_fraction, train_data=train_data, test_data=test_data,

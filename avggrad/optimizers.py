@@ -27,7 +27,7 @@ from typing import Any, Callable
 import jax
 import optax
 
-from avggrad import aliases, transforms
+from avggrad import aliases, step_length, transforms
 
 Factory = Callable[..., optax.GradientTransformation]
 
@@ -96,6 +96,8 @@ _BUILTIN_FACTORIES: dict[str, Factory] = {
     "avg-rmsprop": functools.partial(aliases.rmsprop, momentum=0.9, **_KERAS_RMS),
     "adam": aliases.adam_baseline,
     "avg-adam": aliases.adam,
+    # No learning rate to tune: the rate is only the initial step (avggrad.auto).
+    "auto-adam": step_length.auto_adam,
     "optax-rmsprop": optax.rmsprop,
     "optax-adam": optax.adam,
     "sgd": optax.sgd,
@@ -121,7 +123,8 @@ _REGISTRY: dict[str, Factory] = dict(_BUILTIN_FACTORIES)
 
 FLOAT_OPTIONS: frozenset[str] = frozenset({
     "span", "decay", "eps", "eps_root", "b1", "b2", "momentum", "initial_scale",
-    "far_batch_fraction", "max_gain", "weight_decay", "rho", "gamma", "warmup_steps"})
+    "far_batch_fraction", "max_gain", "weight_decay", "rho", "gamma", "warmup_steps",
+    "target_ratio", "gain", "max_growth", "max_cut"})
 INT_OPTIONS: frozenset[str] = frozenset({"num_points", "probes", "ns_steps"})
 STR_OPTIONS: frozenset[str] = frozenset({
     "estimator", "update_range", "accumulate", "combine", "far_dtype"})
@@ -149,6 +152,13 @@ def register_optimizer(name: str, factory: Factory, *, replace: bool = False) ->
   if name in _REGISTRY and _REGISTRY[name] is not factory and not replace:
     raise ValueError(f"{name!r} is already registered (pass replace=True to replace it).")
   _REGISTRY[name] = factory
+
+
+def factory(name: str) -> Factory:
+  """The factory registered as ``name`` (``factory(learning_rate, **options)``)."""
+  if name not in _REGISTRY:
+    raise ValueError(f"Unknown optimizer {name!r}; expected one of {', '.join(names())}.")
+  return _REGISTRY[name]
 
 
 def _parse_value(key: str, value: str) -> Any:

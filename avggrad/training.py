@@ -26,10 +26,13 @@ average-gradient optimizers use them, all others ignore them. A run stops early,
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
 import json
 import math
 import os
+import sys
 import time
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -51,6 +54,22 @@ MODELS: tuple[str, ...] = ("mlp", "cnn", "resnet", "text-mlp", "text-conv", "tex
 on the IMDb text: next-token prediction) are of the kind users train today."""
 
 SCHEDULES: tuple[str, ...] = ("constant", "warmup_cosine")
+
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "mlp": {"depth": 16, "width": 128},
+    "cnn": {"depth": 8, "channels": 32},
+    "resnet": {"depth": 4, "channels": 16, "activation": "relu", "init": "he_normal"},
+    "text-mlp": {"depth": 8, "width": 128, "vocab_size": 20000, "max_len": 128,
+                 "embed_dim": 32},
+    "text-conv": {"depth": 4, "width": 128, "vocab_size": 20000, "max_len": 128,
+                  "embed_dim": 32},
+    "text-lm": {"depth": 2, "vocab_size": 1000, "max_len": 33, "embed_dim": 64, "heads": 4,
+                "activation": "gelu", "batch_size": 32},
+}
+"""Each model's defaults where they differ from :class:`TrainConfig`'s, sized to train at
+interactive speed on a 2-core CPU (the sizes the benchmarks use; ``text-lm``: 32-token
+windows of a 1,000-word vocabulary). The command line and :meth:`TrainConfig.for_model` apply
+them; the dataclass's own defaults stay those of the MLP."""
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -93,6 +112,13 @@ class TrainConfig:
   schedule: str = "constant"
   warmup_fraction: float = 0.05
   divergence_factor: float = metrics.DEFAULT_DIVERGENCE_FACTOR
+
+  @classmethod
+  def for_model(cls, model: str, **settings: Any) -> "TrainConfig":
+    """A configuration of ``model`` with its :data:`MODEL_DEFAULTS`, then ``settings``."""
+    if model not in MODELS:
+      raise ValueError(f"Unknown model {model!r}; expected one of {', '.join(MODELS)}.")
+    return cls(model=model, **(MODEL_DEFAULTS[model] | settings))
 
   def validate(self) -> None:
     """Raises ``ValueError`` for settings that cannot work together."""
@@ -430,8 +456,9 @@ def run_loop(config: TrainConfig, program: Program, indices: Any, *, eval_data: 
   ``eval_data`` and reports progress. It stops when every run has diverged or the budget is
   spent, then evaluates the runs still alive on ``test_data``. The time per step leaves out
   the compilation and the first chunk (warm-up). ``resume`` is a checkpoint's record
-  (``step``, ``losses``, ``evals``) to continue from; ``checkpoint(step, carry, record)`` is
-  called every ``checkpoint_every`` steps.
+  (``step``, ``losses`` as a ``(steps, runs)`` array, ``evals``) to continue from;
+  ``checkpoint(step, carry, record)`` is called every ``checkpoint_every`` steps with a record
+  of the same form (the whole budget's loss array, unfilled past ``step``).
   """
   runs = program.num_runs
   window = metrics.default_window(config.steps)
@@ -439,7 +466,7 @@ def run_loop(config: TrainConfig, program: Program, indices: Any, *, eval_data: 
   losses = np.zeros((config.steps, runs))
   evals: list[list[dict[str, float]]] = [[] for _ in range(runs)]
   if resume:
-    losses[:step] = np.asarray(resume["losses"], np.float64).reshape(step, runs)
+    losses[:step] = resume["losses"][:step]
     evals = [list(e) for e in resume["evals"]]
   stopped: list[Optional[int]] = [None] * runs
   carry = program.carry
@@ -487,8 +514,7 @@ def run_loop(config: TrainConfig, program: Program, indices: Any, *, eval_data: 
       alive = [r for r in range(runs) if stopped[r] is None]
       bar.update(size, loss=float(min(evals[r][-1]["train_loss"] for r in alive)))
       if checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
-        checkpoint(step, carry, {"step": step, "losses": losses[:step].tolist(),
-                                 "evals": evals})
+        checkpoint(step, carry, {"step": step, "losses": losses, "evals": evals})
     test_loss = test_acc = np.full(runs, np.nan)
     if any(s is None for s in stopped):
       test_loss, test_acc = (np.atleast_1d(v) for v in
@@ -549,6 +575,54 @@ def compile_step(config: TrainConfig, train_data: data_lib.Dataset,
   return program, program.compiled[0].seconds
 
 
+def machine_flops_per_second() -> float:
+  """This machine's measured float32 matrix-multiply rate (a 1024x1024 product, best of 3)."""
+  a = jnp.ones((1024, 1024), jnp.float32)
+  product = jax.jit(lambda a: a @ a)
+  product(a).block_until_ready()
+  best = math.inf
+  for _ in range(3):
+    tick = time.perf_counter()
+    product(a).block_until_ready()
+    best = min(best, time.perf_counter() - tick)
+  return 2 * 1024**3 / best
+
+
+def estimated_step_seconds(config: TrainConfig, train_data: data_lib.Dataset) -> float:
+  """A rough time per training step, before anything is compiled: the FLOPs of the loss and
+  gradient on one minibatch (XLA's cost analysis of the lowered program), twice that for an
+  average-gradient optimizer (one more gradient at most), over this machine's measured
+  matrix-multiply rate. Memory-bound models run slower than this; it tells a minute from an
+  hour, not more."""
+  model = make_model(config, train_data, nnx.Rngs(0))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  batch = (jax.ShapeDtypeStruct((config.batch_size, *train_data.x.shape[1:]), train_data.x.dtype),
+           jax.ShapeDtypeStruct((config.batch_size, *train_data.y.shape[1:]), train_data.y.dtype))
+  lowered = jax.jit(jax.value_and_grad(loss_fn(graphdef, rest))).lower(params, batch)
+  cost = lowered.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float((cost or {}).get("flops", 0.0))
+  factor = 2.0 if optimizers.parse_optimizer(config.optimizer)[0].startswith("avg") else 1.0
+  return factor * flops / machine_flops_per_second()
+
+
+SLOW_STEP_SECONDS = 2.0
+"""Above this estimated time per step, :func:`warn_if_slow` prints the estimate."""
+
+
+def warn_if_slow(config: TrainConfig, train_data: data_lib.Dataset, runs: int = 1) -> float:
+  """Prints an estimate to stderr before a run whose steps will take more than
+  :data:`SLOW_STEP_SECONDS` (:func:`estimated_step_seconds`); returns the estimate."""
+  seconds = estimated_step_seconds(config, train_data)
+  if seconds > SLOW_STEP_SECONDS:
+    total = seconds * config.steps * runs
+    print(f"avggrad: this configuration will be slow: about {seconds:.1f} s per step, "
+          f"{total / 60:.0f} min for {runs} run(s) of {config.steps} steps (estimated from its "
+          "FLOPs and this machine's speed). Smaller --vocab-size, --max-len, --width, --depth "
+          "or --batch-size train faster.", file=sys.stderr, flush=True)
+  return seconds
+
+
 def _checkpointing(config: TrainConfig, directory: Optional[str], every: int,
                    carry: Any, indices: np.ndarray):
   """Opens the run's checkpoints: ``(checkpointer, carry, resume record)``."""
@@ -562,11 +636,49 @@ def _checkpointing(config: TrainConfig, directory: Optional[str], every: int,
   step = ckpt.latest_step()
   if step is None:
     return ckpt, carry, None
-  carry, record = ckpt.restore(step, carry)
-  if not np.array_equal(np.asarray(record["indices"], np.int32), indices[:step]):
+  carry, saved = ckpt.restore(step, carry)
+  if saved.get("data_order") != data_order(indices, step):
     raise checkpoint_lib.CheckpointError(
         f"the checkpoint at step {step} in {directory} was trained on another data order.")
-  return ckpt, carry, record
+  return ckpt, carry, decode_record(saved, config)
+
+
+def data_order(indices: np.ndarray, step: int) -> dict[str, Any]:
+  """What identifies the data order of the first ``step`` steps in a checkpoint, in a size
+  that does not grow with the run: the order regenerates from the configuration (seed, batch
+  size, dataset), and its hash checks on resume that it is the one the run was trained on."""
+  return {"position": int(step), "batch_size": int(indices.shape[1]),
+          "sha256": hashlib.sha256(np.ascontiguousarray(indices[:step], np.int32)).hexdigest()}
+
+
+def _eval_slots(config: TrainConfig) -> int:
+  return len(_boundaries(config.steps, 0, config.eval_every)) + 1  # and step 0
+
+
+def encode_record(record: dict[str, Any], indices: np.ndarray,
+                  config: TrainConfig) -> dict[str, Any]:
+  """A checkpoint's record whose size does not depend on the step: the whole budget's loss
+  array and a fixed table of evaluation slots as raw float64 bytes (base64, exact), and the
+  data order as :func:`data_order`."""
+  losses = np.asarray(record["losses"], np.float64)
+  table = np.full((len(record["evals"]), _eval_slots(config), 3), np.nan)
+  for r, run in enumerate(record["evals"]):
+    for i, e in enumerate(run):
+      table[r, i] = (e["step"], e["train_loss"], e["train_accuracy"])
+  pack = lambda a: {"shape": list(a.shape),  # noqa: E731
+                    "float64": base64.b64encode(a.tobytes()).decode("ascii")}
+  return {"step": int(record["step"]), "losses": pack(losses), "evals": pack(table),
+          "data_order": data_order(indices, int(record["step"]))}
+
+
+def decode_record(saved: dict[str, Any], config: TrainConfig) -> dict[str, Any]:
+  """The record :func:`run_loop` resumes from, out of :func:`encode_record`'s form."""
+  unpack = lambda d: np.frombuffer(base64.b64decode(d["float64"]),  # noqa: E731
+                                   np.float64).reshape(d["shape"])
+  table = unpack(saved["evals"])
+  evals = [[{"step": int(s), "train_loss": float(l), "train_accuracy": float(a)}
+            for s, l, a in run if not np.isnan(s)] for run in table]
+  return {"step": saved["step"], "losses": unpack(saved["losses"]), "evals": evals}
 
 
 def train(
@@ -615,7 +727,7 @@ def train(
                                                program.carry, indices)
 
   def save(step: int, carry: Any, record: dict[str, Any]) -> None:
-    ckpt.save(step, carry, record | {"indices": indices[:step].tolist()})
+    ckpt.save(step, carry, encode_record(record, indices, config))
 
   eval_data = place_eval(dp, train_data.x[: config.eval_examples],
                            train_data.y[: config.eval_examples])

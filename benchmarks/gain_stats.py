@@ -28,11 +28,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from avggrad import training, transforms
+from avggrad import optimizers, training, transforms
 from benchmarks import report
 from benchmarks import run as run_lib
 
-PROBE = "accelerate_probe"
+PROBE = "gain-probe"  # the registry name of the base being probed
 # (label, spec with the probe combine, the grid label whose best learning rate it uses)
 BASES = (
     ("avg-adam (Adam base)", "avg-adam:far_batch_fraction=0.25", "adam"),
@@ -47,9 +47,10 @@ BASES = (
 
 
 @contextlib.contextmanager
-def probing(records: list[tuple[float, float, float]]) -> Iterator[None]:
-  """Registers the ``accelerate_probe`` combine: ``accelerate``, reporting per step the fired
-  fraction, the median gain where it fired and the update's lengthening into ``records``."""
+def probing(records: list[tuple[float, float, float]]) -> Iterator[Any]:
+  """Yields the probe combine (passed as ``combine=``): ``accelerate``, reporting per step the
+  fired fraction, the median gain where it fired and the update's lengthening into
+  ``records``; the records are complete when the context exits."""
 
   def probe(point: Any, average: Any) -> Any:
     out = transforms.COMBINES["accelerate"](point, average)
@@ -62,11 +63,10 @@ def probing(records: list[tuple[float, float, float]]) -> Iterator[None]:
                        fired.mean(), gain, jnp.linalg.norm(c) / jnp.linalg.norm(g))
     return out
 
-  transforms.COMBINES[PROBE] = probe
   try:
-    yield
+    yield probe
   finally:
-    del transforms.COMBINES[PROBE]
+    jax.effects_barrier()
 
 
 def thirds(values: np.ndarray) -> list[float]:
@@ -76,11 +76,14 @@ def thirds(values: np.ndarray) -> list[float]:
 def measure(config: training.TrainConfig, spec: str, train_data: Any, test_data: Any
             ) -> dict[str, Any]:
   records: list[tuple[float, float, float]] = []
-  with probing(records):
-    result = training.train(dataclasses.replace(config, optimizer=f"{spec},combine={PROBE}"),
+  name, _ = optimizers.parse_optimizer(spec)
+  base = optimizers.factory(name)
+  with probing(records) as probe:
+    optimizers.register_optimizer(PROBE, lambda lr, **o: base(lr, combine=probe, **o),
+                                  replace=True)
+    result = training.train(dataclasses.replace(config, optimizer=PROBE + spec[len(name):]),
                             train_data=train_data, test_data=test_data, progress=False,
                             devices=1)
-  jax.effects_barrier()
   stats = np.array(records)
   return {"spec": spec, "lr": config.lr, "status": result.status,
           "final_loss": float(np.mean(result.losses[-len(result.losses) // 10:])),

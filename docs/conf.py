@@ -33,12 +33,12 @@ napoleon_use_ivar = True
 nitpicky = True
 nitpick_ignore_regex = [
     (r"py:.*", r"(jax|jaxlib|optax|flax|nnx|numpy|np|chex|orbax|argparse|typing|collections|"
-               r"dataclasses|datetime|pathlib|os|io)(\..*)?"),
+               r"dataclasses|datetime|pathlib|os|io|types)(\..*)?"),
     (r"py:.*", r"(ArrayTree|Any|Callable|Optional|Sequence|Mapping|Union|Iterable|TextIO|NamedTuple|"
                r"Updates|Params|Key|Losses|Factory|PyTree|ArrayLike|Array|Device|Mesh|P|"
                r"PartitionSpec|NamedSharding|Dataset|RunResult|TrainConfig|Program|"
                r"DataParallel|Compiled|Coverage|Comparison|OptimizerSummary|LoopResult|"
                r"Checkpointer|ScalarOrSchedule|GradientTransformation|"
                r"GradientTransformationExtraArgs|OptState|MaskedNode|tuple|list|dict|int|"
-               r"float|str|bool|None|callable|optional|function)"),
+               r"float|str|bool|None|callable|optional|function|Combine|ScaleByAutoState)"),
 ]

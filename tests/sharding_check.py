@@ -36,10 +36,11 @@ def main() -> None:
     return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
 
   optimizers = {
-      # Momentum 0.9 (the default) makes a step about 10x longer: 10x lower rates keep the
-      # steps of the momentum-free forms this check was written for.
       "rmsprop-predicted": avggrad.rmsprop(0.001),
       "rmsprop-previous": avggrad.rmsprop(0.001, update_range="previous"),
+      "rmsprop-momentum": avggrad.rmsprop(0.001, momentum=0.9),
+      # The self-tuning scale: its slope and curvature are global scalars (one all-reduce).
+      "auto-adam": avggrad.auto_adam(),
       "adam-accelerate": avggrad.adam(0.01, combine="accelerate", span=4.0),
   }
   replicated = NamedSharding(mesh, P())

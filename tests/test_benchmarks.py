@@ -263,10 +263,9 @@ def test_gain_probe_reports_what_accelerate_did():
   point = {"a": np.array([1.0, -1.0, 2.0, 0.5]), "b": np.array([[1.0, 1.0]])}
   average = {"a": np.array([3.0, -2.0, 1.0, -1.0]), "b": np.array([[4.0, 1.0]])}
   records = []
-  with gain_stats.probing(records):
-    out = jax.jit(transforms.COMBINES[gain_stats.PROBE])(point, average)
-    jax.effects_barrier()
-  assert gain_stats.PROBE not in transforms.COMBINES
+  with gain_stats.probing(records) as probe:
+    out = jax.jit(probe)(point, average)
+  assert set(transforms.COMBINES) == {"replace", "accelerate", "no_flip"}  # nothing patched
   # accelerate fires where the signs agree and |average| > |point|: a[0] (x3), a[1] (x2),
   # b[0, 0] (x4); not a[2] (shorter), a[3] (flipped) or b[0, 1] (equal).
   np.testing.assert_allclose(out["a"], [3.0, -2.0, 2.0, 0.5])

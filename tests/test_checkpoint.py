@@ -98,3 +98,39 @@ def test_cli_train_checkpoints_and_resumes(tmp_path, capsys):
     cli.main(argv[:-1] + [str(tmp_path / "other")])
   assert exit_info.value.code == 2
   assert "refusing to write into it" in capsys.readouterr().err
+
+
+def test_checkpoint_size_does_not_grow_with_the_step(tmp_path, splits, monkeypatch):
+  """Checkpoints at step 10 and step 1000 of one run have the same size: the record (step,
+  losses, evaluations, data order) to a few bytes (the step's digits), the arrays to what
+  Orbax's compression of other values gives (it does not depend on the step); the data order
+  is stored as what regenerates it, not as indices."""
+  sizes = {}
+  original = checkpoint.Checkpointer.save
+
+  def measuring(self, step, state, record):
+    original(self, step, state, record)
+    folder = os.path.join(self.directory, str(step))
+    for part in ("record", "state"):
+      sizes[step, part] = sum(os.path.getsize(os.path.join(d, f)) for d, _, files
+                              in os.walk(os.path.join(folder, part)) for f in files)
+    assert "indices" not in json.dumps(record)
+
+  monkeypatch.setattr(checkpoint.Checkpointer, "save", measuring)
+  config = training.TrainConfig(optimizer="adam", lr=1e-3, depth=1, width=8, steps=1000,
+                                batch_size=32, eval_every=500, eval_examples=100, limit=300)
+  training.train(config, train_data=splits[0], test_data=splits[1], progress=False,
+                 checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every=10)
+  assert sizes[10, "record"] > 0 and sizes[10, "state"] > 0
+  assert abs(sizes[1000, "record"] - sizes[10, "record"]) <= 8, sizes
+  assert abs(sizes[1000, "state"] - sizes[10, "state"]) <= 0.02 * sizes[10, "state"], sizes
+
+
+def test_resume_refuses_another_data_order(tmp_path, splits):
+  folder = tmp_path / "ckpt"
+  kwargs = dict(train_data=splits[0], test_data=splits[1], progress=False,
+                checkpoint_dir=str(folder), checkpoint_every=4)
+  training.train(CONFIG, **kwargs)
+  fewer = data.load("fashion_mnist_small", "train", limit=299)  # another order, same config
+  with pytest.raises(checkpoint.CheckpointError, match="another data order"):
+    training.train(CONFIG, **(kwargs | {"train_data": fewer}))

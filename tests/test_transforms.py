@@ -367,9 +367,30 @@ class TestErrors:
       tx.init(jnp.ones(3))
 
   def test_extra_args_are_ignored_by_baselines(self):
-    tx = avggrad.rmsprop_baseline(0.1)
-    params = jnp.ones(3)
-    tx.update(params, tx.init(params), params, value_fn=jnp.sum, anything=1)
+    params = jnp.array([1.0, -2.0, 3.0])
+    grads = jnp.array([0.5, 0.1, -0.3])
+    for tx in (avggrad.rmsprop_baseline(0.1), avggrad.adam_baseline(0.1)):
+      plain, _ = tx.update(grads, tx.init(params), params)
+      extra, _ = tx.update(grads, tx.init(params), params, value_fn=jnp.sum, anything=1)
+      np.testing.assert_array_equal(plain, extra)
+      assert float(jnp.abs(plain).min()) > 0  # a real update, not zeros on both sides
+
+  def test_max_gain_below_one_is_refused(self):
+    with pytest.raises(ValueError, match="max_gain must be at least 1"):
+      avggrad.adam(0.1, max_gain=0.5)
+
+  def test_combine_tables_are_read_only_and_combine_takes_a_callable(self):
+    with pytest.raises(TypeError):
+      avggrad.COMBINES["mine"] = lambda g, a: a
+    with pytest.raises(TypeError):
+      avggrad.PAPER_FORM["span"] = 2.0
+    seen = []
+    params, loss = _problem()
+    tx = avggrad.adam(0.01, combine=lambda g, a: seen.append(1) or a)
+    replace = avggrad.adam(0.01, combine="replace")
+    u1, _ = tx.update(jax.grad(loss)(params), tx.init(params), params, value_fn=loss)
+    u2, _ = replace.update(jax.grad(loss)(params), replace.init(params), params, value_fn=loss)
+    assert seen and helpers.rel_error(u1, u2) < 1e-6
 
 
 @pytest.mark.parametrize("update_range", avggrad.RANGES)
@@ -472,6 +493,10 @@ def test_max_gain_bounds_the_acceleration():
   from avggrad import transforms
   np.testing.assert_allclose(transforms._accelerate(g, gbar), [5.0, -1.5, 1.0, 2.0])
   np.testing.assert_allclose(transforms._accelerate(g, gbar, max_gain=2.0), [2.0, -1.5, 1.0, 2.0])
+  # A traced bound below 1 (inject_hyperparams cannot be checked at build time) acts as 1:
+  # accelerate still never shortens a step.
+  np.testing.assert_allclose(jax.jit(transforms._accelerate)(g, gbar, jnp.asarray(0.5)),
+                             [1.0, -1.0, 1.0, 2.0])
   # inside the optimizer, under inject_hyperparams
   tx = optax.inject_hyperparams(avggrad.adam)(learning_rate=1e-2, max_gain=2.0)
   params, loss = _problem()

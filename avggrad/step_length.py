@@ -1,0 +1,248 @@
+r"""A step length set by the loss change each step measures: no learning rate to tune.
+
+:func:`avggrad.auto` wraps any Optax optimizer. Its update :math:`u_t` (the inner learning rate
+included) is the direction and the initial step; a global scale :math:`s_t` multiplies it,
+:math:`\Delta_t = s_t u_t`. Every step measures, on every :math:`k`-th example of the
+minibatch (the same examples at both ends), the parabola of the loss along the step:
+
+.. math::
+
+  p_t = -\nabla L_S(w_t) \cdot u_t, \qquad
+  c_t = \frac{2}{s_t^2}\bigl(L_S(w_t + \Delta_t) - L_S(w_t) + s_t p_t\bigr)
+  \approx u_t^\top H u_t ,
+
+the slope (one forward-mode derivative) and the curvature (one more loss value) per unit
+scale. Exponential averages :math:`\bar p, \bar c` of the two parts (not of their ratio) give
+the scale at the minimum of the averaged parabola, :math:`s^* = \bar p / \bar c`, and the
+scale moves toward :math:`s^*/\kappa` in log space with a capped change per step:
+
+.. math::
+
+  \log s_{t+1} = \log s_t + \mathrm{clip}\bigl(\gamma \log\tfrac{s^*}{\kappa s_t},
+  -\log \rho_{\downarrow}, \log \rho_{\uparrow}\bigr),
+
+(the growth cap doubles as a warmup from a small initial scale). Where the averaged curvature
+is not positive the scale grows at the cap; when the averaged parabola says the step raises
+the loss (:math:`s_t > 2 s^*`), the scale is cut to :math:`s^*/\kappa` at once.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+from optax import tree as otree
+
+from avggrad import transforms
+
+
+class ScaleByAutoState(NamedTuple):
+  """State of :func:`avggrad.auto`.
+
+  Attributes:
+    scale: the current global scale :math:`s_t` of the inner update (shown by the CLI).
+    slope: the exponential average :math:`\bar p` of the slope per unit scale.
+    curvature: the exponential average :math:`\bar c` of the curvature per unit scale.
+    count: steps measured (for the averages' bias correction).
+    inner_state: the state of the wrapped optimizer.
+  """
+
+  scale: jax.Array
+  slope: jax.Array
+  curvature: jax.Array
+  count: jax.Array
+  inner_state: optax.OptState
+
+
+def _measure(value_fn: Callable[..., Any], params: Any, direction: Any,
+             scale: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """``(p, c, loss change)`` along ``scale * direction``: the slope and curvature per unit
+  scale, from one forward-mode derivative at ``params`` and one loss at the far end."""
+  step = jax.tree.map(lambda d: (scale * d).astype(d.dtype), direction)
+  loss0, derivative = jax.jvp(value_fn, (params,), (step,))
+  far = jax.tree.map(lambda p, d: (p + d).astype(p.dtype), params, step)
+  change = value_fn(far) - loss0
+  safe = jnp.maximum(scale, jnp.finfo(jnp.float32).tiny)
+  slope = -derivative / safe
+  curvature = 2.0 * (change - derivative) / jnp.square(safe)
+  return slope.astype(jnp.float32), curvature.astype(jnp.float32), change
+
+
+AUTO_DEFAULTS: types.MappingProxyType[str, float] = types.MappingProxyType({
+    "target_ratio": 0.7, "decay": 0.9, "gain": 0.1, "max_growth": 1.2, "max_cut": 2.0,
+})
+"""The one documented configuration of :func:`avggrad.auto` (see its arguments)."""
+
+
+def auto(
+    inner: optax.GradientTransformation,
+    *,
+    target_ratio: jax.typing.ArrayLike = AUTO_DEFAULTS["target_ratio"],
+    decay: jax.typing.ArrayLike = AUTO_DEFAULTS["decay"],
+    gain: jax.typing.ArrayLike = AUTO_DEFAULTS["gain"],
+    max_growth: jax.typing.ArrayLike = AUTO_DEFAULTS["max_growth"],
+    max_cut: jax.typing.ArrayLike = AUTO_DEFAULTS["max_cut"],
+    far_batch_fraction: Optional[float | str] = "auto",
+) -> optax.GradientTransformationExtraArgs:
+  r"""Sets the length of ``inner``'s step from the loss change each step measures.
+
+  See :mod:`avggrad.step_length` for the controller:
+
+  .. math::
+
+    \Delta_t = s_t\, u_t, \qquad s^* = \bar p / \bar c, \qquad
+    \log s_{t+1} = \log s_t + \mathrm{clip}\bigl(\gamma \log\tfrac{s^*}{\kappa s_t},
+    -\log \rho_{\downarrow}, \log \rho_{\uparrow}\bigr).
+
+  The scale starts at 1, so ``inner``'s learning rate is only the initial step. The
+  measurement costs one forward-mode derivative and one loss on a quarter of the minibatch
+  (``far_batch_fraction``), when ``update`` receives ``batch=`` (and ``value_fn`` takes it);
+  on the whole loss otherwise. :math:`\bar p, \bar c` are global scalars: under data
+  parallelism one all-reduce each.
+
+  Args:
+    inner: any Optax optimizer, its learning rate included (the initial step).
+    target_ratio: :math:`\kappa`: the scale aims at :math:`s^*/\kappa` (below 1: past the
+      minibatch's line minimum, against the short-horizon bias of a greedy step).
+    decay: the exponential averages' decay.
+    gain: :math:`\gamma`, the fraction of the log distance to the aim moved per step.
+    max_growth: :math:`\rho_\uparrow`, the most the scale grows in one step.
+    max_cut: :math:`\rho_\downarrow`, the most it shrinks in one step (except the cut when
+      the averaged parabola says the step raises the loss).
+    far_batch_fraction: measure on every :math:`k`-th example (``1/k``); ``"auto"`` is a
+      quarter when ``update`` receives ``batch``; ``None`` or 1: the whole minibatch.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose ``update(updates, state, params, *,
+    value_fn, **extra_args)`` needs ``params`` and ``value_fn``; its state
+    (:class:`ScaleByAutoState`) holds the current ``scale``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import avggrad
+    >>> loss = lambda w: jnp.sum((w - 1.0) ** 2)
+    >>> tx = avggrad.auto(optax.sgd(1e-3))  # a step 1000x too short to begin with
+    >>> w = jnp.zeros(3)
+    >>> state = tx.init(w)
+    >>> for _ in range(60):
+    ...   updates, state = tx.update(jax.grad(loss)(w), state, w, value_fn=loss)
+    ...   w = optax.apply_updates(w, updates)
+    >>> bool(loss(w) < 1e-3), bool(state.scale > 100)
+    (True, True)
+
+  References:
+    M. Mutschler and A. Zell, Parabolic Approximation Line Search for DNNs (PAL), NeurIPS
+    2020; the AlgoPerf benchmark's self-tuning rules (G. E. Dahl et al., 2023).
+  """
+  auto_fraction, fraction = transforms._check_far_end(far_batch_fraction, None, "trapezoid",
+                                                      "predicted")
+  inner = optax.with_extra_args_support(inner)
+
+  def init_fn(params: Any) -> ScaleByAutoState:
+    zero = jnp.zeros([], jnp.float32)
+    return ScaleByAutoState(scale=jnp.ones([], jnp.float32), slope=zero, curvature=zero,
+                            count=jnp.zeros([], jnp.int32), inner_state=inner.init(params))
+
+  def update_fn(updates: Any, state: ScaleByAutoState, params: Any = None, *,
+                value_fn: Optional[Callable[..., Any]] = None,
+                **extra_args: Any) -> tuple[Any, ScaleByAutoState]:
+    transforms._require(params, value_fn, "avggrad.auto", updates, extra_args)
+    extra_args = {k: v for k, v in extra_args.items() if k != "grad"}
+    direction, inner_state = inner.update(updates, state.inner_state, params,
+                                          value_fn=value_fn, **extra_args)
+    args = extra_args
+    if transforms._batch_available(value_fn, extra_args) and (auto_fraction or fraction < 1):
+      args = transforms._far_batch(
+          extra_args, transforms.AUTO_FAR_BATCH_FRACTION if auto_fraction else fraction)
+    loss = transforms._bind_value_fn(value_fn, args)
+    scale = state.scale
+    slope, curvature, _ = _measure(loss, params, direction, scale)
+    finite = jnp.isfinite(slope) & jnp.isfinite(curvature)
+    count = optax.safe_increment(state.count)
+    mean_slope = jnp.where(finite, decay * state.slope + (1 - decay) * slope, state.slope)
+    mean_curv = jnp.where(finite, decay * state.curvature + (1 - decay) * curvature,
+                          state.curvature)
+    correction = 1 - decay ** count.astype(jnp.float32)
+    p_bar, c_bar = mean_slope / correction, mean_curv / correction
+    best = p_bar / jnp.where(c_bar > 0, c_bar, 1.0)
+    aim = best / target_ratio
+    log_move = jnp.where(
+        (c_bar > 0) & (p_bar > 0),
+        jnp.clip(gain * jnp.log(jnp.maximum(aim, 1e-30) / scale),
+                 -jnp.log(max_cut), jnp.log(max_growth)),
+        jnp.where(p_bar > 0, jnp.log(max_growth), 0.0))  # no curvature seen: grow
+    new_scale = scale * jnp.exp(log_move)
+    rises = (c_bar > 0) & (p_bar > 0) & (scale > 2.0 * best)
+    new_scale = jnp.where(rises, jnp.minimum(new_scale, aim), new_scale)
+    new_scale = jnp.where(finite, new_scale, scale / max_cut)  # a non-finite far end: shrink
+    step = jax.tree.map(lambda d: (scale * d).astype(d.dtype), direction)
+    return step, ScaleByAutoState(scale=new_scale.astype(jnp.float32),
+                                  slope=mean_slope.astype(jnp.float32),
+                                  curvature=mean_curv.astype(jnp.float32), count=count,
+                                  inner_state=inner_state)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def auto_adam(
+    learning_rate: optax.ScalarOrSchedule = 1e-3,
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-8,
+    *,
+    target_ratio: jax.typing.ArrayLike = AUTO_DEFAULTS["target_ratio"],
+    decay: jax.typing.ArrayLike = AUTO_DEFAULTS["decay"],
+    gain: jax.typing.ArrayLike = AUTO_DEFAULTS["gain"],
+    max_growth: jax.typing.ArrayLike = AUTO_DEFAULTS["max_growth"],
+    max_cut: jax.typing.ArrayLike = AUTO_DEFAULTS["max_cut"],
+    far_batch_fraction: Optional[float | str] = "auto",
+) -> optax.GradientTransformationExtraArgs:
+  r"""Adam whose step length the loss change sets: :func:`avggrad.auto` around Adam.
+
+  .. math::
+
+    \Delta_t = s_t\, \eta\, \mathrm{Adam}(g_t),
+
+  with :math:`s_t` from :func:`avggrad.auto`. Callable with no argument: ``learning_rate`` is only the
+  initial step, which the controller lengthens or shortens.
+
+  Args:
+    learning_rate: the initial step :math:`\eta` (``s_0 = 1``).
+    b1: decay of Adam's first moment.
+    b2: decay of Adam's second moment.
+    eps: Adam's epsilon.
+    target_ratio: see :func:`avggrad.auto`.
+    decay: see :func:`avggrad.auto`.
+    gain: see :func:`avggrad.auto`.
+    max_growth: see :func:`avggrad.auto`.
+    max_cut: see :func:`avggrad.auto`.
+    far_batch_fraction: see :func:`avggrad.auto`.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params`` and
+    ``value_fn`` (and takes ``batch=``).
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import avggrad
+    >>> loss = lambda w: jnp.sum(jnp.tanh(w - 1.0) ** 2)
+    >>> tx = avggrad.auto_adam()
+    >>> w = jnp.zeros(3)
+    >>> state = tx.init(w)
+    >>> for _ in range(100):
+    ...   updates, state = tx.update(jax.grad(loss)(w), state, w, value_fn=loss)
+    ...   w = optax.apply_updates(w, updates)
+    >>> bool(loss(w) < 0.01)
+    True
+
+  References:
+    D. P. Kingma and J. Ba, ICLR 2015; see :func:`avggrad.auto`.
+  """
+  from avggrad import aliases
+
+  return auto(aliases.adam_baseline(learning_rate, b1, b2, eps), target_ratio=target_ratio,
+              decay=decay, gain=gain, max_growth=max_growth, max_cut=max_cut,
+              far_batch_fraction=far_batch_fraction)
