@@ -110,6 +110,14 @@ _BUILTIN_FACTORIES: dict[str, Factory] = {
     "sophia": sophia,
     "sam": sam,
     "schedule-free-adamw": optax.contrib.schedule_free_adamw,
+    # Learning-rate-free peers (Optax's own; the rate is a multiplier, 1 by default):
+    "prodigy": optax.contrib.prodigy,
+    "dadapt-adamw": optax.contrib.dadapt_adamw,
+    "mechanic-adam": lambda learning_rate, **options: optax.contrib.mechanize(
+        optax.adam(learning_rate), **options),
+    "dog": optax.contrib.dog,
+    "cocob": optax.contrib.cocob,
+    "momo-adam": optax.contrib.momo_adam,
     # ... and some of them fed the average gradient:
     "avg-adamw": averaged(optax.adamw),
     "avg-nadam": averaged(optax.nadam),
@@ -126,6 +134,7 @@ FLOAT_OPTIONS: frozenset[str] = frozenset({
     "far_batch_fraction", "max_gain", "weight_decay", "rho", "gamma", "warmup_steps",
     "target_ratio", "gain", "max_growth", "max_cut"})
 INT_OPTIONS: frozenset[str] = frozenset({"num_points", "probes", "ns_steps"})
+# (schedule-free's ``warmup_steps`` is a float option: the factory takes it as given.)
 STR_OPTIONS: frozenset[str] = frozenset({
     "estimator", "update_range", "accumulate", "combine", "far_dtype"})
 BOOL_OPTIONS: frozenset[str] = frozenset({"nesterov", "eps_in_sqrt", "centered",

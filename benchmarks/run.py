@@ -8,6 +8,7 @@ activation, initialisation, budget), optimizers (label -> spec, see
   {"name": "...", "defaults": {...TrainConfig fields...}, "lrs": [...], "seeds": [0, 1, 2],
    "baselines": ["rmsprop", "adam", ...], "target_fraction": 0.8,
    "optimizers": {"label": "spec", ...},
+   "optimizer_config": {"label": {...TrainConfig fields, e.g. "schedule"...}, ...},
    "tasks": [{"name": "...", ...TrainConfig fields..., "target": null}, ...]}
 
 Protocol, per task:
@@ -172,7 +173,8 @@ class Runner:
   def config(self, task: dict[str, Any], label: str) -> training.TrainConfig:
     """The task's configuration with the optimizer ``label`` (and the runner's data dir)."""
     config = dataclasses.replace(task_config(self.grid, task),
-                                 optimizer=self.grid["optimizers"][label])
+                                 optimizer=self.grid["optimizers"][label],
+                                 **self.grid.get("optimizer_config", {}).get(label, {}))
     if self.data_dir and not config.data_dir and config.dataset != data.EMBEDDED:
       config = dataclasses.replace(config, data_dir=self.data_dir)
     return config

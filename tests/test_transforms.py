@@ -166,7 +166,7 @@ def test_rmsprop_baseline_is_optax_rmsprop_with_its_arguments(options):
   # Optax's centered form divides by rsqrt: the same math, rounded differently.
   _assert_same_trajectory(avggrad.rmsprop_baseline(0.01, **options),
                           optax.rmsprop(0.01, **options),
-                          rtol=1e-5 if options.get("centered") else 1e-6)
+                          rtol=1e-4 if options.get("centered") else 1e-6)
 
 
 @pytest.mark.parametrize("options", [{}, dict(nesterov=True), dict(mu_dtype=jnp.bfloat16),
