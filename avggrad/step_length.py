@@ -105,8 +105,10 @@ def auto(
 
   Args:
     inner: any Optax optimizer, its learning rate included (the initial step).
-    target_ratio: :math:`\kappa`: the scale aims at :math:`s^*/\kappa` (below 1: past the
-      minibatch's line minimum, against the short-horizon bias of a greedy step).
+    target_ratio: :math:`\kappa`: the scale aims at :math:`s^*/\kappa`. Above 1 the step
+      stops short of the line minimum: with momentum the next steps keep going the same way,
+      so the greedy one-step minimum is too long (``target_ratio=0.7``, past the minimum,
+      diverged on the development tasks). Calibrated once, on the development tasks.
     decay: the exponential averages' decay.
     gain: :math:`\gamma`, the fraction of the log distance to the aim moved per step.
     max_growth: :math:`\rho_\uparrow`, the most the scale grows in one step.

@@ -15,6 +15,9 @@
   step from the gradient point :math:`y` (the :math:`z` step), not along the interpolated step
   that ``avg-schedule-free-adamw`` (the wrapper outside) predicts. Options: the wrapper's
   (``span``, ``far_batch_fraction``, ...) and ``b1``, ``b2``, ``eps``, ``weight_decay``.
+* ``sf-auto-adamw``: the same base with its step length set by :func:`avggrad.auto` inside
+  schedule-free (issue 24, lead 6). Options: ``auto``'s and ``b1``, ``b2``, ``eps``,
+  ``weight_decay``.
 * ``kron``: PSGD Kron (``distributed-kron`` on PyPI, pure JAX/Optax; not a dependency of
   avggrad: install it to run this peer). Options: ``b1``.
 """
@@ -112,16 +115,33 @@ def _prev_adam(learning_rate, **options) -> optax.GradientTransformation:
   return previous_gradient_control(avggrad.adam_baseline(learning_rate), **options)
 
 
-def _sf_avg_adamw(learning_rate, *, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-                  weight_decay: float = 0.0, **wrapper: Any
-                  ) -> optax.GradientTransformationExtraArgs:
-  # optax.contrib.schedule_free_adamw's base (Adam without momentum), fed the average
-  # gradient, inside schedule_free (which passes value_fn and batch on to its base).
-  base = optax.chain(
+def _schedule_free_base(learning_rate, b2: float, eps: float,
+                        weight_decay: float) -> optax.GradientTransformation:
+  """optax.contrib.schedule_free_adamw's base: Adam without momentum, weight decay, the rate."""
+  return optax.chain(
       optax.scale_by_rms(decay=b2, eps=eps, eps_in_sqrt=False, bias_correction=True),
       optax.add_decayed_weights(weight_decay),
       optax.scale_by_learning_rate(learning_rate))
+
+
+def _sf_avg_adamw(learning_rate, *, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+                  weight_decay: float = 0.0, **wrapper: Any
+                  ) -> optax.GradientTransformationExtraArgs:
+  # The base fed the average gradient, inside schedule_free (which passes value_fn and batch
+  # on to its base).
+  base = _schedule_free_base(learning_rate, b2, eps, weight_decay)
   return optax.contrib.schedule_free(avggrad.average_gradient(base, **wrapper),
+                                     learning_rate=learning_rate, b1=b1)
+
+
+def _sf_auto_adamw(learning_rate, *, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+                   weight_decay: float = 0.0, **auto_options: Any
+                   ) -> optax.GradientTransformationExtraArgs:
+  # Issue 24, lead 6: schedule-free averaging around the self-tuning step: the base's step
+  # length set by avggrad.auto; the rate is the initial z-step (and schedule_free's constant
+  # averaging weight).
+  base = _schedule_free_base(learning_rate, b2, eps, weight_decay)
+  return optax.contrib.schedule_free(avggrad.auto(base, **auto_options),
                                      learning_rate=learning_rate, b1=b1)
 
 
@@ -138,7 +158,7 @@ def _kron(learning_rate, **options) -> optax.GradientTransformation:
 
 
 EXPERIMENTAL = {"pc-adam": _pc_adam, "pc-rmsprop": _pc_rmsprop, "prev-adam": _prev_adam,
-                "sf-avg-adamw": _sf_avg_adamw, "kron": _kron}
+                "sf-avg-adamw": _sf_avg_adamw, "sf-auto-adamw": _sf_auto_adamw, "kron": _kron}
 """The research optimizers by name."""
 
 

@@ -105,18 +105,20 @@ def results_path(grid: dict[str, Any], results_dir: Optional[str] = None) -> str
 
 
 def read_results(path: str) -> list[dict[str, Any]]:
-  """All run records of a results file (and of its shard files), skipping torn lines."""
-  records = []
+  """All run records of a results file (and of its shard files), skipping torn lines; a run
+  recorded twice (the same task, optimizer, rate and seed) counts once, its last record."""
+  records: dict[tuple, dict[str, Any]] = {}
   folder = os.path.dirname(path)
   for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
     if name.startswith("runs") and name.endswith(".jsonl"):
       with open(os.path.join(folder, name)) as f:
         for line in f:
           try:
-            records.append(json.loads(line))
+            record = json.loads(line)
           except json.JSONDecodeError:
             continue
-  return records
+          records[_key(record["task"], record["optimizer"], record["lr"], record["seed"])] = record
+  return list(records.values())
 
 
 def task_config(grid: dict[str, Any], task: dict[str, Any]) -> training.TrainConfig:

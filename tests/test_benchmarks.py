@@ -274,3 +274,30 @@ def test_gain_probe_reports_what_accelerate_did():
   g = np.concatenate([point["a"], point["b"].ravel()])
   c = np.array([3.0, -2.0, 2.0, 0.5, 4.0, 1.0])
   assert lengthening == pytest.approx(np.linalg.norm(c) / np.linalg.norm(g), rel=1e-6)
+
+
+def test_a_run_recorded_twice_counts_once(tmp_path, fake_training):
+  grid_path = make_grid(tmp_path)
+  results = tmp_path / "results"
+  run_lib.main([grid_path, "--results-dir", str(results)])
+  out = results / "runs.jsonl"
+  lines = out.read_text().splitlines()
+  out.write_text("\n".join(lines + lines[:5]) + "\n")  # five runs recorded twice
+  assert len(run_lib.read_results(str(out))) == len(lines)
+  grid, _, records, _ = report.load(grid_path, str(results))
+  [(_, summary)] = report.summarize_tasks(grid, records, None)
+  for s in summary["optimizers"].values():
+    assert len(s["iterations"]) == 3  # three seeds, not more
+
+
+def test_selftuning_calibration_rule_and_profile_area(tmp_path):
+  from benchmarks import selftuning
+  # Geometric mean over tasks, a miss infinite: the rule's figure.
+  assert selftuning.geometric_mean([100.0, 400.0]) == pytest.approx(200.0)
+  assert math.isinf(selftuning.geometric_mean([100.0, math.inf]))
+  # Area under the profile over tau in [1, 4], normalised: closed forms on two tasks.
+  # "a" fastest on task 0, 3x slower on task 1: rho_a = 1/2 on [1, 3), 1 on [3, 4].
+  area = selftuning.profile_area({"a": [1.0, 3.0], "b": [2.0, 1.0], "c": [math.inf, 1.0]})
+  assert area["a"] == pytest.approx((0.5 * 2 + 1.0 * 1) / 3, abs=2e-3)
+  assert area["b"] == pytest.approx((0.5 * 1 + 1.0 * 2) / 3, abs=2e-3)
+  assert area["c"] == pytest.approx(0.5, abs=2e-3)  # a miss never counts

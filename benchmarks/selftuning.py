@@ -1,0 +1,244 @@
+"""The self-tuning track (issue 24): one configuration per optimizer on every task, AlgoPerf's
+rules, scored on wall-clock to target with performance profiles.
+
+Three reports, each from one command:
+
+* ``calibration``: the one cross-task calibration, on the development tasks only
+  (``grids/selftuning_calibration.json``): per optimizer, each candidate configuration's
+  iterations to target per task and their geometric mean (a miss is infinite); the rule picks
+  the lowest (ties: the default, listed first).
+* ``track``: ``grids/selftuning.json``, development and held-out tasks apart. Per task, each
+  entry's median iterations to target over the seeds and its wall-clock (median iterations x
+  the interleaved step time of ``benchmarks/overheads.py``); the performance profile over
+  tau in [1, 4] (each task's fastest *self-tuning* entry is the reference; a miss counts as
+  infinite) and its area, normalised to 1, as AlgoPerf scores. Beside it, each entry against
+  the tuned best peer of the fine grid (the fastest of Adam, NAdam, schedule-free AdamW and
+  Muon at its own best rate).
+* ``robustness``: ``grids/selftuning_robustness.json``: median iterations to target at each
+  initial scale (auto-adam) or rate (Adam, schedule-free AdamW) over three decades.
+
+Usage::
+
+  python -m benchmarks.selftuning calibration
+  python -m benchmarks.selftuning track [--out benchmarks/results/selftuning]
+  python -m benchmarks.selftuning robustness
+
+References:
+  G. E. Dahl et al., Benchmarking Neural Network Training Algorithms (AlgoPerf),
+  arXiv:2306.07179 (2023); E. D. Dolan and J. J. More, Mathematical Programming 91 (2002).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from avggrad import metrics, protocol
+from benchmarks import headline, performance_profile, report
+from benchmarks import run as run_lib
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+GRIDS = {name: os.path.join(HERE, "grids", f"{file}.json") for name, file in
+         (("calibration", "selftuning_calibration"), ("track", "selftuning"),
+          ("robustness", "selftuning_robustness"), ("fine", "fine"), ("peers", "peers"))}
+TUNED_PEERS = ("adam", "nadam", "schedule-free-adamw", "muon")
+TAU_MAX = 4.0
+
+
+def geometric_mean(values: Sequence[float]) -> float:
+  """Of positive values; infinite when one is (a miss).
+
+  Example:
+    >>> geometric_mean([100.0, 400.0]), geometric_mean([100.0, math.inf])
+    (200.0, inf)
+  """
+  if any(not math.isfinite(v) for v in values):
+    return math.inf
+  return float(np.exp(np.mean(np.log(values))))
+
+
+def profile_area(times: dict[str, list[float]], tau_max: float = TAU_MAX,
+                 points: int = 3001) -> dict[str, float]:
+  """AlgoPerf's score: the area under each entry's performance profile over tau in
+  [1, tau_max], divided by tau_max - 1 (1: fastest on every task; 0: never within tau_max).
+
+  Example (on one task, "a" is fastest; "b" takes 2x, so it scores from tau = 2 on):
+    >>> area = profile_area({"a": [1.0], "b": [2.0]})
+    >>> round(area["a"], 3), round(area["b"], 3)
+    (1.0, 0.667)
+  """
+  taus = np.linspace(1.0, tau_max, points)
+  rho = performance_profile.profile(times, list(taus))
+  return {k: float(np.trapezoid(v, taus) / (tau_max - 1.0)) for k, v in rho.items()}
+
+
+def _summaries(grid_path: str, results_dir: Optional[str] = None
+               ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+  return [(task, summary) for _, task, summary in headline.summaries(grid_path, results_dir)]
+
+
+def _fmt(value: float, digits: int = 0) -> str:
+  if value is None or (isinstance(value, float) and math.isnan(value)):
+    return ""
+  return "miss" if math.isinf(value) else f"{value:.{digits}f}"
+
+
+def calibration(grid_path: str = GRIDS["calibration"],
+                results_dir: Optional[str] = None) -> tuple[str, dict[str, tuple[str, float]]]:
+  """The calibration table (markdown) and each optimizer's pick ``{family: (label@lr, gm)}``.
+
+  A configuration is a label at one rate; the family of ``auto-adam-k2`` is ``auto-adam``.
+  """
+  grid = run_lib.load_grid(grid_path)
+  summaries = _summaries(grid_path, results_dir)
+  steps = {task["name"]: run_lib.task_config(grid, task).steps for task, _ in summaries}
+  candidates: dict[str, dict[str, list[float]]] = {}
+  records = report.load(grid_path, results_dir)[2]
+  for task, summary in summaries:
+    for r in records:
+      if r["task"] != task["name"]:
+        continue
+      it = protocol.iterations(r["losses"], r["status"] == "ok", task.get("target"),
+                               steps[task["name"]])
+      family = r["optimizer"].split("-k")[0]
+      name = f"{r['optimizer']}@{r['lr']:g}"
+      candidates.setdefault(family, {}).setdefault(name, []).append(
+          math.inf if it is None else float(it))
+  tasks = [t["name"] for t, _ in summaries]
+  lines = ["| optimizer | configuration | " + " | ".join(tasks) + " | geometric mean |",
+           "|---|---|" + "---|" * (len(tasks) + 1)]
+  picks: dict[str, tuple[str, float]] = {}
+  for family, configs in candidates.items():
+    for name, iters in configs.items():
+      gm = geometric_mean(iters) if len(iters) == len(tasks) else math.nan
+      lines.append(f"| {family} | {name} | " + " | ".join(_fmt(i) for i in iters)
+                   + f" | {_fmt(gm)} |")
+      if not math.isnan(gm) and (family not in picks or gm < picks[family][1]):
+        picks[family] = (name, gm)
+  lines += ["", "Picked (lowest geometric mean; ties: the first listed): "
+            + ", ".join(f"{k}: {v[0]}" for k, v in picks.items())]
+  return "\n".join(lines), picks
+
+
+def tuned_best(task_name: str) -> Optional[dict[str, Any]]:
+  """The tuned best peer of the fine (or peers) grid on a task: ``{"label", "iterations",
+  "wall_seconds"}``, the fastest in wall-clock at its own best rate; ``None`` if unknown."""
+  for grid in (GRIDS["fine"], GRIDS["peers"]):
+    for task, summary in _summaries(grid):
+      if task["name"] != task_name:
+        continue
+      found = [p for p in TUNED_PEERS if p in summary["optimizers"]
+               and not math.isnan(summary["optimizers"][p].get("wall_seconds", math.nan))]
+      if not found:
+        return None
+      peer = performance_profile.best_peer(summary, found)
+      s = summary["optimizers"][peer]
+      return {"label": peer, "iterations": s["median_iterations"],
+              "wall_seconds": s["wall_seconds"]}
+  return None
+
+
+def track(grid_path: str = GRIDS["track"], results_dir: Optional[str] = None,
+          out: Optional[str] = None) -> str:
+  """The track's tables (markdown), development and held-out tasks apart; writes the profile
+  figure into ``out``."""
+  grid = run_lib.load_grid(grid_path)
+  entries = [k for k in grid["optimizers"] if k not in grid["baselines"]]
+  md: list[str] = []
+  profiles: dict[str, dict[str, list[float]]] = {}
+  for split in ("development", "held-out"):
+    rows = [(t, s) for t, s in _summaries(grid_path, results_dir)
+            if t.get("split", "").startswith(split)]
+    complete = [(t, s) for t, s in rows if all(
+        k in s["optimizers"] and not math.isnan(s["optimizers"][k].get("wall_seconds", math.nan))
+        for k in entries)]
+    left = [t["name"] for t, _ in rows if (t, _) not in complete]
+    if not complete:
+      md += [f"### {split} tasks", "", "no task with every entry run and timed yet"
+             + (f" ({', '.join(left)})" if left else ""), ""]
+      continue
+    wall = {k: [s["optimizers"][k]["wall_seconds"] for _, s in complete] for k in entries}
+    iters = {k: [s["optimizers"][k]["median_iterations"] for _, s in complete]
+             for k in entries}
+    area_wall, area_iters = profile_area(wall), profile_area(iters)
+    md += [f"### {split.capitalize()} tasks ({len(complete)}): "
+           + ", ".join(t["name"] for t, _ in complete), ""]
+    head = "| entry | area (wall-clock) | area (iterations) | reached | " + " | ".join(
+        t["name"] for t, _ in complete) + " |"
+    md += ["Median iterations to target (wall-clock in seconds); reached = seeds that reached "
+           "the target, of all; the last row is the fine grid's tuned best peer:", "", head,
+           "|---|---|---|---|" + "---|" * len(complete)]
+    for k in sorted(entries, key=lambda k: -area_wall[k]):
+      reached = sum(s["optimizers"][k]["reached"] for _, s in complete)
+      seeds = sum(len(s["optimizers"][k]["iterations"]) for _, s in complete)
+      cells = [f"{_fmt(s['optimizers'][k]['median_iterations'])} "
+               f"({_fmt(s['optimizers'][k]['wall_seconds'], 2)})" for _, s in complete]
+      md.append(f"| {k} | {area_wall[k]:.3f} | {area_iters[k]:.3f} | {reached}/{seeds} | "
+                + " | ".join(cells) + " |")
+    best = [tuned_best(t["name"]) for t, _ in complete]
+    md.append("| tuned best peer (fine grid) | | | | " + " | ".join(
+        f"{b['label']}: {_fmt(b['iterations'])} ({_fmt(b['wall_seconds'], 2)})" if b else "n/a"
+        for b in best) + " |")
+    vs = {k: [s["optimizers"][k]["wall_seconds"] / b["wall_seconds"]
+              for (_, s), b in zip(complete, best) if b and b["wall_seconds"] > 0]
+          for k in entries}
+    md += ["", "Wall-clock against the tuned best peer, median over these tasks: "
+           + ", ".join(f"{k} {np.median(v):.2f}x" for k, v in vs.items() if v)]
+    if left:
+      md += ["", f"Not yet complete: {', '.join(left)}."]
+    md.append("")
+    profiles[f"{split}: wall-clock to target"] = performance_profile.profile(
+        wall, list(np.linspace(1, TAU_MAX, 301)))
+  text = "\n".join(md)
+  if out and profiles:
+    os.makedirs(out, exist_ok=True)
+    performance_profile.plot(profiles, list(np.linspace(1, TAU_MAX, 301)),
+                             os.path.join(out, "profile.png"))
+    with open(os.path.join(out, "track.md"), "w") as f:
+      f.write(text + "\n")
+  return text
+
+
+def robustness(grid_path: str = GRIDS["robustness"], results_dir: Optional[str] = None) -> str:
+  """Median iterations to target at each initial scale (rate), per optimizer and task."""
+  lines = []
+  for task, summary in _summaries(grid_path, results_dir):
+    lines += [f"{task['name']} (target {task.get('target')}):", "",
+              "| optimizer | " + " | ".join(f"{lr:g}" for lr in task["scales"]) + " |",
+              "|---|" + "---|" * len(task["scales"])]
+    records = [r for r in report.load(grid_path, results_dir)[2] if r["task"] == task["name"]]
+    steps = task.get("steps", 1000)
+    for label in summary["optimizers"]:
+      cells = []
+      for lr in task["scales"]:
+        runs = [r for r in records if r["optimizer"] == label and math.isclose(r["lr"], lr)]
+        iters = [protocol.iterations(r["losses"], r["status"] == "ok", task["target"], steps)
+                 for r in runs]
+        cells.append(_fmt(metrics.median_iterations(iters)) if runs else "")
+      lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append("")
+  return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("report", choices=("calibration", "track", "robustness"))
+  parser.add_argument("--grid", default=None)
+  parser.add_argument("--out", default=None, help="track: folder for profile.png, track.md")
+  args = parser.parse_args(argv)
+  grid = args.grid or GRIDS[args.report]
+  if args.report == "calibration":
+    print(calibration(grid)[0])
+  elif args.report == "track":
+    print(track(grid, out=args.out or os.path.dirname(
+        run_lib.results_path(run_lib.load_grid(grid)))))
+  else:
+    print(robustness(grid))
+
+
+if __name__ == "__main__":
+  main()
