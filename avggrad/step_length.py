@@ -72,7 +72,7 @@ def _measure(value_fn: Callable[..., Any], params: Any, direction: Any,
 
 
 AUTO_DEFAULTS: types.MappingProxyType[str, float] = types.MappingProxyType({
-    "target_ratio": 0.7, "decay": 0.9, "gain": 0.1, "max_growth": 1.2, "max_cut": 2.0,
+    "target_ratio": 2.0, "decay": 0.9, "gain": 0.1, "max_growth": 1.2, "max_cut": 2.0,
 })
 """The one documented configuration of :func:`avggrad.auto` (see its arguments)."""
 

@@ -12,8 +12,9 @@ Three reports, each from one command:
   the interleaved step time of ``benchmarks/overheads.py``); the performance profile over
   tau in [1, 4] (each task's fastest *self-tuning* entry is the reference; a miss counts as
   infinite) and its area, normalised to 1, as AlgoPerf scores. Beside it, each entry against
-  the tuned best peer of the fine grid (the fastest of Adam, NAdam, schedule-free AdamW and
-  Muon at its own best rate).
+  the tuned best peer of the fine grid (the fastest of Adam, NAdam and schedule-free AdamW at
+  its own best rate; Muon, the fourth peer there, was never the fastest in wall-clock),
+  re-timed in the same process as the entries.
 * ``robustness``: ``grids/selftuning_robustness.json``: median iterations to target at each
   initial scale (auto-adam) or rate (Adam, schedule-free AdamW) over three decades.
 
@@ -45,7 +46,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 GRIDS = {name: os.path.join(HERE, "grids", f"{file}.json") for name, file in
          (("calibration", "selftuning_calibration"), ("track", "selftuning"),
           ("robustness", "selftuning_robustness"), ("fine", "fine"), ("peers", "peers"))}
-TUNED_PEERS = ("adam", "nadam", "schedule-free-adamw", "muon")
 TAU_MAX = 4.0
 
 
@@ -87,12 +87,15 @@ def _fmt(value: float, digits: int = 0) -> str:
   return "miss" if math.isinf(value) else f"{value:.{digits}f}"
 
 
-def calibration(grid_path: str = GRIDS["calibration"],
-                results_dir: Optional[str] = None) -> tuple[str, dict[str, tuple[str, float]]]:
+def calibration(grid_path: str = GRIDS["calibration"], results_dir: Optional[str] = None,
+                track_path: str = GRIDS["track"]) -> tuple[str, dict[str, tuple[str, float]]]:
   """The calibration table (markdown) and each optimizer's pick ``{family: (label@lr, gm)}``.
 
   A configuration is a label at one rate; the family of ``auto-adam-k2`` is ``auto-adam``.
+  Ties (all missed, say) go to the default: the rate the track grid gives the family.
   """
+  track_grid = run_lib.load_grid(track_path)
+  defaults = {label: rates[0] for label, rates in track_grid["tasks"][0]["lrs"].items()}
   grid = run_lib.load_grid(grid_path)
   summaries = _summaries(grid_path, results_dir)
   steps = {task["name"]: run_lib.task_config(grid, task).steps for task, _ in summaries}
@@ -117,28 +120,38 @@ def calibration(grid_path: str = GRIDS["calibration"],
       gm = geometric_mean(iters) if len(iters) == len(tasks) else math.nan
       lines.append(f"| {family} | {name} | " + " | ".join(_fmt(i) for i in iters)
                    + f" | {_fmt(gm)} |")
-      if not math.isnan(gm) and (family not in picks or gm < picks[family][1]):
+      default = name == f"{family}@{defaults.get(family, math.nan):g}"
+      if not math.isnan(gm) and (family not in picks or gm < picks[family][1]
+                                 or (gm == picks[family][1] and default)):
         picks[family] = (name, gm)
-  lines += ["", "Picked (lowest geometric mean; ties: the first listed): "
+  lines += ["", "Picked (lowest geometric mean; ties: the default rate): "
             + ", ".join(f"{k}: {v[0]}" for k, v in picks.items())]
   return "\n".join(lines), picks
 
 
-def tuned_best(task_name: str) -> Optional[dict[str, Any]]:
+# The track's entry whose step is the tuned peer's (the step time does not depend on the rate).
+SAME_STEP = {"adam": "adam-1e-3", "nadam": "nadam-1e-3",
+             "schedule-free-adamw": "schedule-free-adamw"}
+
+
+def tuned_best(task_name: str, summary: dict[str, Any]) -> Optional[dict[str, Any]]:
   """The tuned best peer of the fine (or peers) grid on a task: ``{"label", "iterations",
-  "wall_seconds"}``, the fastest in wall-clock at its own best rate; ``None`` if unknown."""
+  "wall_seconds"}``: the fastest of Adam, NAdam and schedule-free AdamW at its own best rate
+  (by the fine grid's figures), its wall-clock re-timed here (its median iterations x the
+  interleaved step time of the track's entry with the same step, ``summary``); ``None`` if
+  unknown."""
   for grid in (GRIDS["fine"], GRIDS["peers"]):
-    for task, summary in _summaries(grid):
+    for task, tuned in _summaries(grid):
       if task["name"] != task_name:
         continue
-      found = [p for p in TUNED_PEERS if p in summary["optimizers"]
-               and not math.isnan(summary["optimizers"][p].get("wall_seconds", math.nan))]
+      found = [p for p in SAME_STEP if p in tuned["optimizers"]
+               and not math.isnan(tuned["optimizers"][p].get("wall_seconds", math.nan))]
       if not found:
         return None
-      peer = performance_profile.best_peer(summary, found)
-      s = summary["optimizers"][peer]
-      return {"label": peer, "iterations": s["median_iterations"],
-              "wall_seconds": s["wall_seconds"]}
+      peer = performance_profile.best_peer(tuned, found)
+      iters = tuned["optimizers"][peer]["median_iterations"]
+      step = summary["optimizers"].get(SAME_STEP[peer], {}).get("step_seconds", math.nan)
+      return {"label": peer, "iterations": iters, "wall_seconds": iters * step}
   return None
 
 
@@ -179,7 +192,7 @@ def track(grid_path: str = GRIDS["track"], results_dir: Optional[str] = None,
                f"({_fmt(s['optimizers'][k]['wall_seconds'], 2)})" for _, s in complete]
       md.append(f"| {k} | {area_wall[k]:.3f} | {area_iters[k]:.3f} | {reached}/{seeds} | "
                 + " | ".join(cells) + " |")
-    best = [tuned_best(t["name"]) for t, _ in complete]
+    best = [tuned_best(t["name"], s) for t, s in complete]
     md.append("| tuned best peer (fine grid) | | | | " + " | ".join(
         f"{b['label']}: {_fmt(b['iterations'])} ({_fmt(b['wall_seconds'], 2)})" if b else "n/a"
         for b in best) + " |")
