@@ -248,3 +248,19 @@ def auto_adam(
   return auto(aliases.adam_baseline(learning_rate, b1, b2, eps), target_ratio=target_ratio,
               decay=decay, gain=gain, max_growth=max_growth, max_cut=max_cut,
               far_batch_fraction=far_batch_fraction)
+
+
+def current_scale(opt_state: optax.OptState) -> Optional[float]:
+  """The scale :math:`s_t` of the first :class:`ScaleByAutoState` in an optimizer state (any
+  nesting: ``inject_hyperparams``, chains), ``None`` when there is none.
+
+  Example:
+    >>> import jax.numpy as jnp, avggrad
+    >>> avggrad.step_length.current_scale(avggrad.auto_adam().init(jnp.zeros(2)))
+    1.0
+  """
+  is_auto = lambda x: isinstance(x, ScaleByAutoState)  # noqa: E731
+  for leaf in jax.tree.leaves(opt_state, is_leaf=is_auto):
+    if is_auto(leaf):
+      return float(jax.device_get(leaf.scale))
+  return None

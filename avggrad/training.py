@@ -44,7 +44,7 @@ from flax import nnx
 
 from avggrad import checkpoint as checkpoint_lib
 from avggrad import data as data_lib
-from avggrad import metrics, optimizers, parallel
+from avggrad import metrics, optimizers, parallel, step_length
 from avggrad.progress import Progress
 from avggrad.models import CNN, MLP, ResNet, TextModel, TransformerLM
 
@@ -173,6 +173,8 @@ class RunResult:
       wall-clock comparisons).
     compile_seconds: time to compile the training step.
     batched_runs: how many runs were trained together in one compiled program.
+    scale: the final step scale of a self-tuning optimizer (:func:`avggrad.auto`), else
+      ``None``.
   """
 
   config: dict[str, Any]
@@ -184,6 +186,7 @@ class RunResult:
   seconds_per_step: float
   compile_seconds: float
   batched_runs: int = 1
+  scale: Optional[float] = None
 
   @property
   def diverged(self) -> bool:
@@ -742,11 +745,13 @@ def train(
           config=dataclasses.asdict(config), losses=out.losses[0], evals=out.evals[0],
           status=out.statuses[0], test_loss=out.test_loss[0],
           test_accuracy=out.test_accuracy[0], seconds_per_step=out.seconds_per_step,
-          compile_seconds=out.compile_seconds)
+          compile_seconds=out.compile_seconds,
+          scale=step_length.current_scale(out.carry[1]))
       log.write({"event": "end", "status": result.status, "test_loss": result.test_loss,
                  "test_accuracy": result.test_accuracy,
                  "seconds_per_step": result.seconds_per_step,
-                 "compile_seconds": result.compile_seconds, "losses": result.losses})
+                 "compile_seconds": result.compile_seconds, "scale": result.scale,
+                 "losses": result.losses})
   finally:
     if ckpt is not None:
       ckpt.close()

@@ -120,7 +120,9 @@ def plot(profiles: dict[str, dict[str, list[float]]], taus: Sequence[float], pat
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
-  fig, axes = plt.subplots(1, len(profiles), figsize=(6 * len(profiles), 4), sharey=True)
+  fig, axes = plt.subplots(1, len(profiles), figsize=(6 * len(profiles), 4), sharey=True,
+                           squeeze=False)
+  axes = axes[0]
   for ax, (title, rho) in zip(axes, profiles.items()):
     for o, values in rho.items():
       style = "-" if o.startswith(("avg-", "sf-avg")) else "--"

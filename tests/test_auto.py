@@ -169,3 +169,13 @@ def test_errors_name_the_problem():
   with pytest.raises(ValueError, match="before it in the chain"):
     chain = optax.chain(optax.clip_by_global_norm(1e-3), tx)
     chain.update(grad, chain.init(params), params, value_fn=loss, batch=batch, grad=grad)
+
+
+def test_cli_train_shows_the_scale(capsys):
+  import json as json_lib
+  from avggrad import cli
+  assert cli.main(["train", "--optimizer", "auto-adam", "--depth", "2", "--width", "8",
+                   "--steps", "20", "--eval-every", "10", "--limit", "256",
+                   "--no-progress"]) == 0
+  out = json_lib.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert out["status"] == "ok" and out["scale"] > 0 and out["scale"] != 1.0

@@ -212,3 +212,25 @@ def test_cli_compare_text_lm_pairs_tokens_with_next_tokens(tmp_path, monkeypatch
     assert run["status"] == "ok" and all(math.isfinite(v) for v in run["losses"])
     # the loss starts near log(vocabulary), the uniform next-token predictor's
     assert abs(run["losses"][0] - math.log(splits[0].num_classes)) < 0.5
+
+
+def test_cli_per_model_defaults_and_the_slow_estimate(capsys):
+  from avggrad import cli, data as data_lib
+  parser = cli.build_parser()
+  args = parser.parse_args(["train", "--model", "text-lm", "--dataset", "imdb_reviews"])
+  config = cli._config(args)
+  assert (config.vocab_size, config.max_len, config.depth, config.batch_size,
+          config.activation) == (1000, 33, 2, 32, "gelu")
+  args = parser.parse_args(["train", "--model", "text-lm", "--dataset", "imdb_reviews",
+                            "--max-len", "65"])
+  assert cli._config(args).max_len == 65  # the command line wins
+  assert "text-lm: --depth 2, --vocab-size 1000, --max-len 33" in parser._subparsers._group_actions[
+      0].choices["train"].format_help()
+  # A configuration of about 1.6 TFLOP a step is announced before it starts; a small one is not.
+  train = data_lib.load("fashion_mnist_small", "train", limit=64)
+  big = training.TrainConfig(depth=16, width=4096, batch_size=1024, steps=100)
+  assert training.warn_if_slow(big, train) > training.SLOW_STEP_SECONDS
+  assert "will be slow" in capsys.readouterr().err
+  small = training.TrainConfig(depth=2, width=16, batch_size=32)
+  assert training.warn_if_slow(small, train) < training.SLOW_STEP_SECONDS
+  assert capsys.readouterr().err == ""
