@@ -75,10 +75,11 @@ def sweep_program(config: training.TrainConfig, train_data: data_lib.Dataset,
 
   x_all, y_all = dp.place_data(train_data.x), dp.place_data(train_data.y)
   advance, compiled = training.chunk_advance(step, x_all, y_all, dp, scan=scan, batch_axis=1)
-  evaluate = jax.jit(jax.vmap(lambda p, r, x, y: training.eval_sums(graphdef, p, r, x, y),
-                              in_axes=(0, 0, None, None)))
+  evaluate = jax.jit(jax.vmap(
+      lambda p, s, r, x, y: training.eval_sums(graphdef, training.eval_params(p, s), r, x, y),
+      in_axes=(0, 0, 0, None, None)))
   program = training.Program(carry=(params, opt_state), advance=advance,
-                             evaluate=lambda p, x, y: evaluate(p, rest, x, y),
+                             evaluate=lambda carry, x, y: evaluate(*carry, rest, x, y),
                              compiled=[compiled], data=(x_all, y_all), num_runs=len(runs))
   return program, np.asarray([i for _, i in runs])
 

@@ -293,6 +293,18 @@ def eval_sums(graphdef: Any, params: Any, rest: Any, x: jax.Array,
   return loss, (jnp.argmax(logits, -1) == y).sum()
 
 
+def eval_params(params: Any, opt_state: Any) -> Any:
+  """The parameters to evaluate: for schedule-free optimizers (a ``ScheduleFreeState``
+  anywhere in the state) the averaged point, ``optax.contrib.schedule_free_eval_params``;
+  the parameters themselves otherwise. The training loss is measured where the gradient is
+  taken, as for every optimizer."""
+  is_sf = lambda x: isinstance(x, optax.contrib.ScheduleFreeState)  # noqa: E731
+  for leaf in jax.tree.leaves(opt_state, is_leaf=is_sf):
+    if is_sf(leaf):
+      return optax.contrib.schedule_free_eval_params(leaf, params)
+  return params
+
+
 def batch_indices(num_examples: int, batch_size: int, steps: int, seed: int) -> np.ndarray:
   """Minibatch indices for every step, ``(steps, batch_size)``: shuffled epochs, the same for
   every optimizer (and the first ``k`` rows the same for any budget of at least ``k``)."""
@@ -383,7 +395,8 @@ class Program:
     carry: ``(params, opt_state)`` (leading runs axis when ``num_runs > 1``).
     advance: ``(carry, idx) -> (carry, losses)`` for the minibatch indices ``idx`` of a
       chunk of steps; ``losses`` is ``(steps, num_runs)`` or ``(steps,)``.
-    evaluate: ``(params, x, y) -> (summed loss, correct)``, per run.
+    evaluate: ``(carry, x, y) -> (summed loss, correct)``, per run, at the parameters
+      :func:`eval_params` picks (schedule-free's averaged point).
     compiled: the compiled pieces whose ``seconds`` add up to the compile time.
     data: the training inputs and labels as the devices hold them (what ``advance`` reads).
     num_runs: how many runs ``carry`` holds.
@@ -476,7 +489,7 @@ def run_loop(config: TrainConfig, program: Program, indices: Any, *, eval_data: 
   timed_seconds, timed_steps, elapsed = 0.0, 0, 0.0
 
   def evaluate_now(at: int) -> None:
-    loss, acc = evaluate_in_batches(program.evaluate, carry[0], *eval_data)
+    loss, acc = evaluate_in_batches(program.evaluate, carry, *eval_data)
     loss, acc = np.atleast_1d(loss), np.atleast_1d(acc)
     for r in range(runs):
       if stopped[r] is None:
@@ -521,7 +534,7 @@ def run_loop(config: TrainConfig, program: Program, indices: Any, *, eval_data: 
     test_loss = test_acc = np.full(runs, np.nan)
     if any(s is None for s in stopped):
       test_loss, test_acc = (np.atleast_1d(v) for v in
-                             evaluate_in_batches(program.evaluate, carry[0], *test_data))
+                             evaluate_in_batches(program.evaluate, carry, *test_data))
   statuses = ["ok" if s is None else f"diverged at step {s}" for s in stopped]
   return LoopResult(
       carry=carry,
@@ -561,7 +574,7 @@ def single_program(config: TrainConfig, train_data: data_lib.Dataset,
 
   x_all, y_all = dp.place_data(train_data.x), dp.place_data(train_data.y)
   advance, compiled = chunk_advance(step, x_all, y_all, dp, scan=False, batch_axis=0)
-  evaluate = jax.jit(lambda p, x, y: eval_sums(graphdef, p, rest, x, y))
+  evaluate = jax.jit(lambda carry, x, y: eval_sums(graphdef, eval_params(*carry), rest, x, y))
   return Program(carry=(params, opt_state), advance=advance, evaluate=evaluate,
                  compiled=[compiled], data=(x_all, y_all)), graphdef
 

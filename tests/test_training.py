@@ -234,3 +234,25 @@ def test_cli_per_model_defaults_and_the_slow_estimate(capsys):
   small = training.TrainConfig(depth=2, width=16, batch_size=32)
   assert training.warn_if_slow(small, train) < training.SLOW_STEP_SECONDS
   assert capsys.readouterr().err == ""
+
+
+def test_schedule_free_is_evaluated_at_its_averaged_point():
+  import jax
+  import jax.numpy as jnp
+  import optax
+  params = {"w": jnp.array([1.0, -2.0])}
+  loss = lambda p: jnp.sum((p["w"] - 3.0) ** 2)
+  for tx in (optax.contrib.schedule_free_adamw(0.1),
+             optax.inject_hyperparams(optax.contrib.schedule_free_adamw)(learning_rate=0.1)):
+    state, p = tx.init(params), params
+    for _ in range(5):
+      updates, state = tx.update(jax.grad(loss)(p), state, p)
+      p = optax.apply_updates(p, updates)
+    sf = next(s for s in jax.tree.leaves(
+        state, is_leaf=lambda s: isinstance(s, optax.contrib.ScheduleFreeState))
+        if isinstance(s, optax.contrib.ScheduleFreeState))
+    x = jax.tree.map(lambda y, z: (y - (1 - sf.b1) * z) / sf.b1, p, sf.z)  # y = b1 x + (1-b1) z
+    np.testing.assert_allclose(training.eval_params(p, state)["w"], x["w"], rtol=1e-6)
+    assert float(jnp.abs(x["w"] - p["w"]).max()) > 1e-3  # the two points differ
+  adam = optax.adam(0.1)
+  assert training.eval_params(params, adam.init(params)) is params
