@@ -3,6 +3,7 @@ cannot be used."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -24,7 +25,7 @@ class Interrupt(Exception):
   pass
 
 
-def _interrupted_run(folder, splits, monkeypatch, after_updates):
+def _interrupted_run(folder, splits, monkeypatch, after_updates, config=CONFIG):
   """Trains with checkpoints every 4 steps and stops it (as a Ctrl-C would) at the
   ``after_updates``-th progress report."""
   calls = {"n": 0}
@@ -38,22 +39,26 @@ def _interrupted_run(folder, splits, monkeypatch, after_updates):
 
   monkeypatch.setattr(training.Progress, "update", interrupting)
   with pytest.raises(Interrupt):
-    training.train(CONFIG, train_data=splits[0], test_data=splits[1], progress=False,
+    training.train(config, train_data=splits[0], test_data=splits[1], progress=False,
                    checkpoint_dir=str(folder), checkpoint_every=4)
   monkeypatch.setattr(training.Progress, "update", original)
 
 
+@pytest.mark.parametrize("optimizer", ["avg-adam", "auto-adam", "schedule-free-adamw"])
 def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, splits,
-                                                                 monkeypatch):
-  whole = training.train(CONFIG, train_data=splits[0], test_data=splits[1], progress=False)
-  _interrupted_run(tmp_path / "ckpt", splits, monkeypatch, after_updates=3)  # at step 12
+                                                                 monkeypatch, optimizer):
+  config = dataclasses.replace(CONFIG, optimizer=optimizer)
+  whole = training.train(config, train_data=splits[0], test_data=splits[1], progress=False)
+  _interrupted_run(tmp_path / "ckpt", splits, monkeypatch, after_updates=3,
+                   config=config)  # at step 12
   saved = sorted(os.listdir(tmp_path / "ckpt"))
   assert "8" in saved and "12" not in saved, saved  # the checkpoint at step 8 is the latest
-  resumed = training.train(CONFIG, train_data=splits[0], test_data=splits[1], progress=False,
+  resumed = training.train(config, train_data=splits[0], test_data=splits[1], progress=False,
                            checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every=4)
   assert resumed.losses == whole.losses  # bit for bit
   assert resumed.evals == whole.evals
   assert resumed.test_loss == whole.test_loss
+  assert resumed.scale == whole.scale  # the self-tuning scale too (None for the others)
 
 
 def test_folders_that_cannot_be_used_get_clear_errors(tmp_path, splits, monkeypatch):
