@@ -267,8 +267,9 @@ def _far_end_gradient(
     fraction: float,
     dtype: Optional[str],
 ) -> Updates:
-  """The gradient at ``params + delta``, on the first ``fraction`` of the batch and in
-  ``dtype`` (the full batch and the parameters' own dtypes by default)."""
+  """The gradient at ``params + delta``, on every ``1/fraction``-th example of the batch
+  (:func:`select_far_examples`) and in ``dtype`` (the whole batch and the parameters' own
+  dtypes by default)."""
   args = extra_args
   if fraction < 1.0:
     cut = _far_batch(extra_args, fraction)

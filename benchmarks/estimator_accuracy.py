@@ -30,7 +30,7 @@ from flax import nnx
 import avggrad
 from avggrad import training
 from benchmarks import run as run_lib
-from benchmarks.timing import interleaved_seconds
+from avggrad.timing import interleaved_seconds
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -62,7 +62,6 @@ COLUMN_SETS: dict[str, list[tuple[str, str, str]]] = {
          "avg-rmsprop-momentum-q", "best3"),
     ],
 }
-COLUMNS = COLUMN_SETS["main"]
 # The baselines a "best" (``best``: RMSProp, Adam; ``best3``: with RMSProp+momentum) names.
 BEST_OF = {"best": ("rmsprop", "adam"), "best3": ("rmsprop", "rmsprop-momentum", "adam")}
 RMSPROP_FORMS = ("avg-rmsprop", "avg-rmsprop-point", "avg-rmsprop-point-trap")

@@ -27,7 +27,7 @@ from flax import nnx
 
 import avggrad
 from avggrad.models import MLP
-from benchmarks.timing import interleaved_seconds, peak_bytes
+from avggrad.timing import interleaved_seconds, peak_bytes
 
 
 def optimizers() -> dict[str, optax.GradientTransformation]:

@@ -38,11 +38,6 @@ def _safe(d: Array) -> Array:
   return jnp.where(d == 0, jnp.ones_like(d), d)
 
 
-def _compute_dtype(x: Array) -> jnp.dtype:
-  """Half-precision inputs are averaged in float32 (the result is cast back by the caller)."""
-  return jnp.promote_types(jnp.result_type(x), jnp.float32)
-
-
 def sinc(z: Array) -> Array:
   """:math:`\\sin(z) / z`, equal to one at zero (unnormalised, unlike ``jnp.sinc``)."""
   small = jnp.abs(z) < 1e-2
