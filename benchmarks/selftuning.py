@@ -209,11 +209,35 @@ def track(grid_path: str = GRIDS["track"], results_dir: Optional[str] = None,
   text = "\n".join(md)
   if out and profiles:
     os.makedirs(out, exist_ok=True)
-    performance_profile.plot(profiles, list(np.linspace(1, TAU_MAX, 301)),
-                             os.path.join(out, "profile.png"))
+    plot(profiles, list(np.linspace(1, TAU_MAX, 301)), os.path.join(out, "profile.png"))
     with open(os.path.join(out, "track.md"), "w") as f:
       f.write(text + "\n")
   return text
+
+
+def plot(profiles: dict[str, dict[str, list[float]]], taus: Sequence[float], path: str) -> None:
+  """Step curves of rho(tau), one panel per split; ``auto-adam`` drawn thick, each entry in
+  its own colour."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+  fig, axes = plt.subplots(1, len(profiles), figsize=(6.5 * len(profiles), 4.5), sharey=True,
+                           squeeze=False)
+  colours = plt.get_cmap("tab20").colors
+  for ax, (title, rho) in zip(axes[0], profiles.items()):
+    for i, (entry, values) in enumerate(rho.items()):
+      mine = entry.startswith("auto")
+      ax.step(taus, values, where="post", color="black" if mine else colours[i % 20],
+              linewidth=2.5 if mine else 1.2, linestyle="-" if mine else "--", label=entry)
+    ax.set_xlabel("tau (wall-clock relative to the fastest self-tuning entry on the task)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+  axes[0][0].set_ylabel("fraction of tasks within tau")
+  axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
 
 
 def robustness(grid_path: str = GRIDS["robustness"], results_dir: Optional[str] = None) -> str:
