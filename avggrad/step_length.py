@@ -155,10 +155,7 @@ def auto(
     extra_args = {k: v for k, v in extra_args.items() if k != "grad"}
     direction, inner_state = inner.update(updates, state.inner_state, params,
                                           value_fn=value_fn, **extra_args)
-    args = extra_args
-    if transforms._batch_available(value_fn, extra_args) and (auto_fraction or fraction < 1):
-      args = transforms._far_batch(
-          extra_args, transforms.AUTO_FAR_BATCH_FRACTION if auto_fraction else fraction)
+    args = transforms._far_args(value_fn, extra_args, auto=auto_fraction, fraction=fraction)
     loss = transforms._bind_value_fn(value_fn, args)
     scale = state.scale
     slope, curvature, _ = _measure(loss, params, direction, scale)

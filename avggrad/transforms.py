@@ -258,30 +258,40 @@ def _cast_floats(tree: Any, dtype: Any) -> Any:
   )
 
 
+def _far_args(value_fn: Callable[..., Any], extra_args: dict[str, Any], *, auto: bool,
+              fraction: float) -> dict[str, Any]:
+  """The extra arguments for the loss at the far end: ``batch`` cut to every ``1/fraction``-th
+  example (:func:`select_far_examples`), or to :data:`AUTO_FAR_BATCH_FRACTION` of it under
+  ``auto`` when ``update`` received a ``batch`` that ``value_fn`` takes; ``extra_args``
+  unchanged otherwise (with a warning when a fraction below 1 was asked for and cannot be
+  had)."""
+  if auto:
+    fraction = AUTO_FAR_BATCH_FRACTION
+  if fraction >= 1.0:
+    return extra_args
+  cut = _far_batch(extra_args, fraction)
+  if cut is not None and "batch" in _value_fn_argnames(value_fn):
+    return cut
+  if not auto:
+    warnings.warn(
+        "far_batch_fraction < 1 needs the minibatch: call tx.update(grads, state, params, "
+        "value_fn=loss_fn, batch=batch) with a loss_fn(params, batch); the far end uses the "
+        "full loss instead.",
+        stacklevel=4,
+    )
+  return extra_args
+
+
 def _far_end_gradient(
     value_fn: Callable[..., Any],
-    extra_args: dict[str, Any],
+    args: dict[str, Any],
     params: Params,
     delta: Updates,
     *,
-    fraction: float,
     dtype: Optional[str],
 ) -> Updates:
-  """The gradient at ``params + delta``, on every ``1/fraction``-th example of the batch
-  (:func:`select_far_examples`) and in ``dtype`` (the whole batch and the parameters' own
-  dtypes by default)."""
-  args = extra_args
-  if fraction < 1.0:
-    cut = _far_batch(extra_args, fraction)
-    if cut is None or "batch" not in _value_fn_argnames(value_fn):
-      warnings.warn(
-          "far_batch_fraction < 1 needs the minibatch: call tx.update(grads, state, params, "
-          "value_fn=loss_fn, batch=batch) with a loss_fn(params, batch); the far end uses the "
-          "full loss instead.",
-          stacklevel=4,
-      )
-    else:
-      args = cut
+  """The gradient at ``params + delta`` of ``value_fn`` with the extra arguments ``args``
+  (:func:`_far_args`), in ``dtype`` (the parameters' own dtypes by default)."""
   end = jax.tree.map(lambda p, d: (p + d).astype(p.dtype), params, delta)
   if dtype is not None:
     end = _cast_floats(end, dtype)
@@ -419,7 +429,7 @@ def scale_by_average_gradient(
     delta = _scale_tree(otree.sub(params, state.prev_params), span)
     if estimator == "trapezoid":
       avg = _trapezoid(updates, _far_end_gradient(value_fn, extra_args, params, delta,
-                                                  fraction=1.0, dtype=None))
+                                                  dtype=None))
     else:
       avg = average(_bind_value_fn(value_fn, extra_args), params, delta)
     avg = _finite_or_point(updates, avg)
@@ -431,12 +441,6 @@ def scale_by_average_gradient(
 
 AUTO_FAR_BATCH_FRACTION = 0.25
 """The part of the minibatch the far end uses under ``far_batch_fraction="auto"``."""
-
-
-def _batch_available(value_fn: Callable[..., Any], extra_args: dict[str, Any]) -> bool:
-  """Whether ``update`` received a ``batch`` that ``value_fn`` takes and that can be cut."""
-  return ("batch" in _value_fn_argnames(value_fn)
-          and _far_batch(extra_args, AUTO_FAR_BATCH_FRACTION) is not None)
 
 
 def _check_far_end(fraction: Any, dtype: Optional[str], estimator: str,
@@ -666,10 +670,8 @@ def average_gradient(
       if estimator == "trapezoid":
         # One path for every far end: the incoming (point) updates and the gradient at the
         # far end, on the whole batch (fraction 1) or every k-th example.
-        sub_batch = auto and _batch_available(value_fn, extra_args)
-        far = _far_end_gradient(
-            value_fn, extra_args, params, delta,
-            fraction=AUTO_FAR_BATCH_FRACTION if sub_batch else fraction, dtype=far_dtype)
+        far_args = _far_args(value_fn, extra_args, auto=auto, fraction=fraction)
+        far = _far_end_gradient(value_fn, far_args, params, delta, dtype=far_dtype)
         avg = _trapezoid(point, far)
       else:
         avg = average(_bind_value_fn(value_fn, extra_args), params, delta)
