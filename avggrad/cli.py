@@ -36,20 +36,14 @@ def _positive_float(text: str) -> float:
   return value
 
 
-PER_MODEL = ("depth", "width", "channels", "activation", "init", "vocab_size", "max_len",
-             "embed_dim", "heads", "batch_size")
-"""Settings whose default depends on the model (:data:`avggrad.training.MODEL_DEFAULTS`)."""
-
-
 def _per_model_help(defaults: dict[str, training.TrainConfig]) -> str:
-  """The epilog listing each model's defaults."""
+  """The epilog listing each model's defaults: the settings
+  :data:`avggrad.training.MODEL_DEFAULTS` gives it, and those every model uses."""
   lines = ["per-model defaults (an option given on the command line wins):"]
-  used = {"mlp": ("width",), "cnn": ("channels",), "resnet": ("channels",),
-          "text-mlp": ("width", "vocab_size", "max_len", "embed_dim"),
-          "text-conv": ("width", "vocab_size", "max_len", "embed_dim"),
-          "text-lm": ("vocab_size", "max_len", "embed_dim", "heads")}
+  common = ("depth", "activation", "init", "batch_size")
   for model, config in defaults.items():
-    keys = ("depth", *used[model], "activation", "init", "batch_size")
+    own = [k for k in training.MODEL_DEFAULTS[model] if k not in common]
+    keys = ("depth", *own, "activation", "init", "batch_size")
     values = ", ".join(f"--{k.replace('_', '-')} {getattr(config, k)}" for k in keys)
     lines.append(f"  {model}: {values}")
   return "\n".join(lines)

@@ -604,12 +604,10 @@ def machine_flops_per_second() -> float:
   return 2 * 1024**3 / best
 
 
-def estimated_step_seconds(config: TrainConfig, train_data: data_lib.Dataset) -> float:
-  """A rough time per training step, before anything is compiled: the FLOPs of the loss and
-  gradient on one minibatch (XLA's cost analysis of the lowered program), twice that for an
-  average-gradient optimizer (one more gradient at most), over this machine's measured
-  matrix-multiply rate. Memory-bound models run slower than this; it tells a minute from an
-  hour, not more."""
+def step_flops(config: TrainConfig, train_data: data_lib.Dataset) -> float:
+  """The FLOPs of one training step, before anything is compiled: the loss and gradient on a
+  minibatch (XLA's cost analysis of the lowered program), twice that for an average-gradient
+  optimizer (one more gradient at most)."""
   model = make_model(config, train_data, nnx.Rngs(0))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   batch = (jax.ShapeDtypeStruct((config.batch_size, *train_data.x.shape[1:]), train_data.x.dtype),
@@ -618,18 +616,33 @@ def estimated_step_seconds(config: TrainConfig, train_data: data_lib.Dataset) ->
   cost = lowered.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float((cost or {}).get("flops", 0.0))
-  factor = 2.0 if optimizers.parse_optimizer(config.optimizer)[0].startswith("avg") else 1.0
-  return factor * flops / machine_flops_per_second()
+  return (2.0 if optimizers.parse_optimizer(config.optimizer)[0].startswith("avg") else 1.0) * flops
+
+
+def estimated_step_seconds(config: TrainConfig, train_data: data_lib.Dataset) -> float:
+  """A rough time per training step: :func:`step_flops` over this machine's measured
+  matrix-multiply rate. Memory-bound models run slower than this; it tells a minute from an
+  hour, not more."""
+  return step_flops(config, train_data) / machine_flops_per_second()
 
 
 SLOW_STEP_SECONDS = 2.0
 """Above this estimated time per step, :func:`warn_if_slow` prints the estimate."""
 
+SLOWEST_FLOPS_PER_SECOND = 1e9
+"""A floor under any machine's matrix-multiply rate: a step of fewer FLOPs than
+``SLOW_STEP_SECONDS`` times this cannot be slow, and the machine is not timed for it."""
+
 
 def warn_if_slow(config: TrainConfig, train_data: data_lib.Dataset, runs: int = 1) -> float:
   """Prints an estimate to stderr before a run whose steps will take more than
-  :data:`SLOW_STEP_SECONDS` (:func:`estimated_step_seconds`); returns the estimate."""
-  seconds = estimated_step_seconds(config, train_data)
+  :data:`SLOW_STEP_SECONDS` (:func:`estimated_step_seconds`); returns the estimate (for a step
+  too small to be slow, the bound from :data:`SLOWEST_FLOPS_PER_SECOND`, without timing the
+  machine)."""
+  flops = step_flops(config, train_data)
+  if flops < SLOW_STEP_SECONDS * SLOWEST_FLOPS_PER_SECOND:
+    return flops / SLOWEST_FLOPS_PER_SECOND
+  seconds = flops / machine_flops_per_second()
   if seconds > SLOW_STEP_SECONDS:
     total = seconds * config.steps * runs
     print(f"avggrad: this configuration will be slow: about {seconds:.1f} s per step, "
@@ -656,7 +669,7 @@ def _checkpointing(config: TrainConfig, directory: Optional[str], every: int,
   if saved.get("data_order") != data_order(indices, step):
     raise checkpoint_lib.CheckpointError(
         f"the checkpoint at step {step} in {directory} was trained on another data order.")
-  return ckpt, carry, decode_record(saved, config)
+  return ckpt, carry, decode_record(saved)
 
 
 def data_order(indices: np.ndarray, step: int) -> dict[str, Any]:
@@ -687,7 +700,7 @@ def encode_record(record: dict[str, Any], indices: np.ndarray,
           "data_order": data_order(indices, int(record["step"]))}
 
 
-def decode_record(saved: dict[str, Any], config: TrainConfig) -> dict[str, Any]:
+def decode_record(saved: dict[str, Any]) -> dict[str, Any]:
   """The record :func:`run_loop` resumes from, out of :func:`encode_record`'s form."""
   unpack = lambda d: np.frombuffer(base64.b64decode(d["float64"]),  # noqa: E731
                                    np.float64).reshape(d["shape"])
