@@ -124,25 +124,26 @@ def _schedule_free_base(learning_rate, b2: float, eps: float,
       optax.scale_by_learning_rate(learning_rate))
 
 
-def _sf_avg_adamw(learning_rate, *, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-                  weight_decay: float = 0.0, **wrapper: Any
-                  ) -> optax.GradientTransformationExtraArgs:
-  # The base fed the average gradient, inside schedule_free (which passes value_fn and batch
-  # on to its base).
-  base = _schedule_free_base(learning_rate, b2, eps, weight_decay)
-  return optax.contrib.schedule_free(avggrad.average_gradient(base, **wrapper),
-                                     learning_rate=learning_rate, b1=b1)
+def _inside_schedule_free(wrap: Any) -> Any:
+  """A factory of schedule-free AdamW whose base is ``wrap(base, **options)``: options are
+  ``wrap``'s and ``b1``, ``b2``, ``eps``, ``weight_decay`` (schedule_free passes value_fn and
+  batch on to its base)."""
+
+  def factory(learning_rate, *, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+              weight_decay: float = 0.0, **options: Any) -> optax.GradientTransformationExtraArgs:
+    base = _schedule_free_base(learning_rate, b2, eps, weight_decay)
+    return optax.contrib.schedule_free(wrap(base, **options), learning_rate=learning_rate,
+                                       b1=b1)
+
+  return factory
 
 
-def _sf_auto_adamw(learning_rate, *, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-                   weight_decay: float = 0.0, **auto_options: Any
-                   ) -> optax.GradientTransformationExtraArgs:
-  # Issue 24, lead 6: schedule-free averaging around the self-tuning step: the base's step
-  # length set by avggrad.auto; the rate is the initial z-step (and schedule_free's constant
-  # averaging weight).
-  base = _schedule_free_base(learning_rate, b2, eps, weight_decay)
-  return optax.contrib.schedule_free(avggrad.auto(base, **auto_options),
-                                     learning_rate=learning_rate, b1=b1)
+# The base fed the average gradient, inside schedule_free.
+_sf_avg_adamw = _inside_schedule_free(avggrad.average_gradient)
+# Issue 24, lead 6: schedule-free averaging around the self-tuning step: the base's step length
+# set by avggrad.auto; the rate is the initial z-step (and schedule_free's constant averaging
+# weight).
+_sf_auto_adamw = _inside_schedule_free(avggrad.auto)
 
 
 def _kron(learning_rate, **options) -> optax.GradientTransformation:

@@ -32,6 +32,7 @@ References:
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 from typing import Any, Optional, Sequence
@@ -39,7 +40,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from avggrad import metrics, protocol
-from benchmarks import headline, performance_profile, report
+from benchmarks import performance_profile, report
 from benchmarks import run as run_lib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -76,9 +77,17 @@ def profile_area(times: dict[str, list[float]], tau_max: float = TAU_MAX,
   return {k: float(np.trapezoid(v, taus) / (tau_max - 1.0)) for k, v in rho.items()}
 
 
-def _summaries(grid_path: str, results_dir: Optional[str] = None
-               ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-  return [(task, summary) for _, task, summary in headline.summaries(grid_path, results_dir)]
+def _load(grid_path: str, results_dir: Optional[str] = None
+          ) -> tuple[dict[str, Any], list[tuple[dict[str, Any], dict[str, Any]]], list[dict]]:
+  """A grid, its (task, summary) pairs and its run records, read once."""
+  grid, _, records, overheads = report.load(grid_path, results_dir)
+  return grid, report.summarize_tasks(grid, records, overheads), records
+
+
+def _iterations(record: dict[str, Any], target: Optional[float], steps: int) -> float:
+  """A run's iterations to ``target`` (infinite for a miss)."""
+  it = protocol.iterations(record["losses"], record["status"] == "ok", target, steps)
+  return math.inf if it is None else float(it)
 
 
 def _fmt(value: float, digits: int = 0) -> str:
@@ -96,21 +105,15 @@ def calibration(grid_path: str = GRIDS["calibration"], results_dir: Optional[str
   """
   track_grid = run_lib.load_grid(track_path)
   defaults = {label: rates[0] for label, rates in track_grid["tasks"][0]["lrs"].items()}
-  grid = run_lib.load_grid(grid_path)
-  summaries = _summaries(grid_path, results_dir)
-  steps = {task["name"]: run_lib.task_config(grid, task).steps for task, _ in summaries}
+  grid, summaries, records = _load(grid_path, results_dir)
   candidates: dict[str, dict[str, list[float]]] = {}
-  records = report.load(grid_path, results_dir)[2]
-  for task, summary in summaries:
+  for task, _ in summaries:
+    steps = run_lib.task_config(grid, task).steps
     for r in records:
-      if r["task"] != task["name"]:
-        continue
-      it = protocol.iterations(r["losses"], r["status"] == "ok", task.get("target"),
-                               steps[task["name"]])
-      family = r["optimizer"].split("-k")[0]
-      name = f"{r['optimizer']}@{r['lr']:g}"
-      candidates.setdefault(family, {}).setdefault(name, []).append(
-          math.inf if it is None else float(it))
+      if r["task"] == task["name"]:
+        family = r["optimizer"].split("-k")[0]
+        candidates.setdefault(family, {}).setdefault(f"{r['optimizer']}@{r['lr']:g}", []).append(
+            _iterations(r, task.get("target"), steps))
   tasks = [t["name"] for t, _ in summaries]
   lines = ["| optimizer | configuration | " + " | ".join(tasks) + " | geometric mean |",
            "|---|---|" + "---|" * (len(tasks) + 1)]
@@ -134,38 +137,45 @@ SAME_STEP = {"adam": "adam-1e-3", "nadam": "nadam-1e-3",
              "schedule-free-adamw": "schedule-free-adamw"}
 
 
+@functools.cache
+def _tuned_summaries() -> dict[str, dict[str, Any]]:
+  """The fine grid's task summaries (and the peers grid's, for its tasks), by task name, read
+  once."""
+  found: dict[str, dict[str, Any]] = {}
+  for grid in (GRIDS["peers"], GRIDS["fine"]):  # the fine grid's win where both have a task
+    found |= {task["name"]: summary for task, summary in _load(grid)[1]}
+  return found
+
+
 def tuned_best(task_name: str, summary: dict[str, Any]) -> Optional[dict[str, Any]]:
   """The tuned best peer of the fine (or peers) grid on a task: ``{"label", "iterations",
   "wall_seconds"}``: the fastest of Adam, NAdam and schedule-free AdamW at its own best rate
   (by the fine grid's figures), its wall-clock re-timed here (its median iterations x the
   interleaved step time of the track's entry with the same step, ``summary``); ``None`` if
   unknown."""
-  for grid in (GRIDS["fine"], GRIDS["peers"]):
-    for task, tuned in _summaries(grid):
-      if task["name"] != task_name:
-        continue
-      found = [p for p in SAME_STEP if p in tuned["optimizers"]
-               and not math.isnan(tuned["optimizers"][p].get("wall_seconds", math.nan))]
-      if not found:
-        return None
-      peer = performance_profile.best_peer(tuned, found)
-      iters = tuned["optimizers"][peer]["median_iterations"]
-      step = summary["optimizers"].get(SAME_STEP[peer], {}).get("step_seconds", math.nan)
-      return {"label": peer, "iterations": iters, "wall_seconds": iters * step}
-  return None
+  tuned = _tuned_summaries().get(task_name)
+  if tuned is None:
+    return None
+  found = [p for p in SAME_STEP if p in tuned["optimizers"]
+           and not math.isnan(tuned["optimizers"][p].get("wall_seconds", math.nan))]
+  if not found:
+    return None
+  peer = performance_profile.best_peer(tuned, found)
+  iters = tuned["optimizers"][peer]["median_iterations"]
+  step = summary["optimizers"].get(SAME_STEP[peer], {}).get("step_seconds", math.nan)
+  return {"label": peer, "iterations": iters, "wall_seconds": iters * step}
 
 
 def track(grid_path: str = GRIDS["track"], results_dir: Optional[str] = None,
           out: Optional[str] = None) -> str:
   """The track's tables (markdown), development and held-out tasks apart; writes the profile
   figure into ``out``."""
-  grid = run_lib.load_grid(grid_path)
+  grid, summaries, _ = _load(grid_path, results_dir)
   entries = [k for k in grid["optimizers"] if k not in grid["baselines"]]
   md: list[str] = []
   profiles: dict[str, dict[str, list[float]]] = {}
   for split in ("development", "held-out"):
-    rows = [(t, s) for t, s in _summaries(grid_path, results_dir)
-            if t.get("split", "").startswith(split)]
+    rows = [(t, s) for t, s in summaries if t.get("split", "").startswith(split)]
     complete = [(t, s) for t, s in rows if all(
         k in s["optimizers"] and not math.isnan(s["optimizers"][k].get("wall_seconds", math.nan))
         for k in entries)]
@@ -242,20 +252,21 @@ def plot(profiles: dict[str, dict[str, list[float]]], taus: Sequence[float], pat
 
 def robustness(grid_path: str = GRIDS["robustness"], results_dir: Optional[str] = None) -> str:
   """Median iterations to target at each initial scale (rate), per optimizer and task."""
+  grid, summaries, records = _load(grid_path, results_dir)
   lines = []
-  for task, summary in _summaries(grid_path, results_dir):
+  for task, summary in summaries:
     lines += [f"{task['name']} (target {task.get('target')}):", "",
               "| optimizer | " + " | ".join(f"{lr:g}" for lr in task["scales"]) + " |",
               "|---|" + "---|" * len(task["scales"])]
-    records = [r for r in report.load(grid_path, results_dir)[2] if r["task"] == task["name"]]
-    steps = task.get("steps", 1000)
+    steps = run_lib.task_config(grid, task).steps
     for label in summary["optimizers"]:
       cells = []
       for lr in task["scales"]:
-        runs = [r for r in records if r["optimizer"] == label and math.isclose(r["lr"], lr)]
-        iters = [protocol.iterations(r["losses"], r["status"] == "ok", task["target"], steps)
-                 for r in runs]
-        cells.append(_fmt(metrics.median_iterations(iters)) if runs else "")
+        iters = [_iterations(r, task["target"], steps) for r in records
+                 if r["task"] == task["name"] and r["optimizer"] == label
+                 and math.isclose(r["lr"], lr)]
+        cells.append(_fmt(metrics.median_iterations(
+            [None if math.isinf(i) else int(i) for i in iters])) if iters else "")
       lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append("")
   return "\n".join(lines)
