@@ -630,7 +630,7 @@ SLOW_STEP_SECONDS = 2.0
 """Above this estimated time per step, :func:`warn_if_slow` prints the estimate."""
 
 SLOWEST_FLOPS_PER_SECOND = 1e9
-"""A floor under any machine's matrix-multiply rate: a step of fewer FLOPs than
+"""A floor under any machine's matrix-multiply rate. A step of fewer FLOPs than
 ``SLOW_STEP_SECONDS`` times this cannot be slow, and the machine is not timed for it."""
 
 
