@@ -10,7 +10,9 @@ The average gradient's far end on a sub-batch (``far_batch_fraction``) takes eve
 example of the batch (:func:`avggrad.transforms.select_far_examples`): with the batch sharded
 over ``data`` in contiguous blocks, each device keeps every k-th of its own examples, so the
 far end moves no examples between devices (``tests/sharding_check.py`` counts the
-collectives in the compiled step).
+collectives in the compiled step). With sharded parameters, :func:`shard_examples` keeps
+the models' activations on the ``data`` axis, so neither gradient moves activations with
+all-to-alls (:meth:`DataParallel.tracing` is the context the training loop traces in).
 
 Example:
   >>> import jax.numpy as jnp
@@ -24,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any, Optional, Sequence, Union
 
@@ -33,6 +36,48 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
 """The mesh axis the batch is sharded over."""
+
+COLLECTIVES = ("collective-permute", "all-to-all", "all-gather", "all-reduce", "reduce-scatter")
+"""The collectives :func:`hlo_collectives` counts."""
+
+
+def hlo_collectives(compiled_text: str) -> dict[str, int]:
+  """How many of each collective (:data:`COLLECTIVES`) a compiled HLO module contains.
+
+  Args:
+    compiled_text: ``jax.jit(f).lower(*args).compile().as_text()``.
+
+  Returns:
+    ``{name: count}``, asynchronous ``-start`` forms included.
+  """
+  return {op: compiled_text.count(f" {op}(") + compiled_text.count(f" {op}-start(")
+          for op in COLLECTIVES}
+
+
+def shard_examples(x: jax.Array) -> jax.Array:
+  """``x`` with its leading (example) axis pinned to the ``data`` axis of the current mesh.
+
+  Inside a step traced under ``jax.set_mesh(mesh)`` or
+  ``jax.sharding.use_abstract_mesh(mesh.abstract_mesh)`` (:meth:`DataParallel.tracing`) with
+  a ``data`` axis, an activation's examples stay sharded as the batch is, and its other axes
+  are left to the partitioner (``P.UNCONSTRAINED``). Outside such a mesh, or when the examples
+  do not split over the axis, ``x`` is returned unchanged. FSDP codebases constrain
+  activations so: with sharded weights and few examples per device, XLA's partitioner may
+  otherwise lay activations out along the features and move them with all-to-alls (for
+  ``optax.adam`` at a small batch as for the average gradient's far end on every 4th
+  example; README, "Scaling out"). The models of :mod:`avggrad.models` call it on every
+  hidden activation.
+
+  Args:
+    x: an activation whose leading axis indexes examples.
+
+  Returns:
+    ``x``, constrained where a ``data`` mesh is set.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if DATA_AXIS not in mesh.axis_names or not x.ndim or x.shape[0] % mesh.shape[DATA_AXIS]:
+    return x
+  return jax.lax.with_sharding_constraint(x, P(DATA_AXIS, *[P.UNCONSTRAINED] * (x.ndim - 1)))
 
 
 def data_mesh(devices: Union[None, int, Sequence[jax.Device]] = None) -> Mesh:
@@ -114,6 +159,13 @@ class DataParallel:
     if self.mesh is None:
       return jax.numpy.asarray(x)
     return jax.device_put(x, self._sharding(self.batch_spec(np.ndim(x), batch_axis)))
+
+  def tracing(self) -> contextlib.AbstractContextManager:
+    """The context to trace a step in: this mesh as the abstract mesh, so that
+    :func:`shard_examples` keeps activations sharded over ``data``; nothing on one device."""
+    if self.mesh is None:
+      return contextlib.nullcontext()
+    return jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh)
 
   def constrain_batch(self, tree: Any, batch_axis: int = 0) -> Any:
     """Inside a jitted function: every leaf sharded over ``data`` along ``batch_axis``."""

@@ -418,7 +418,8 @@ def chunk_advance(step: Callable[..., Any], x_all: Any, y_all: Any, dp: parallel
 
   def one(carry: Any, x_all: Any, y_all: Any, row: jax.Array) -> tuple[Any, jax.Array]:
     x, y = dp.constrain_batch((x_all[row], y_all[row]), batch_axis)
-    return step(carry, x, y)
+    with dp.tracing():  # the models keep activations on the data axis (shard_examples)
+      return step(carry, x, y)
 
   if scan:
     compiled = Compiled(lambda carry, x_all, y_all, idx: jax.lax.scan(

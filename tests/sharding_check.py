@@ -21,6 +21,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import avggrad  # noqa: E402
+from avggrad import parallel  # noqa: E402
 from tests import helpers  # noqa: E402
 
 
@@ -105,66 +106,73 @@ def main() -> None:
   print(f"rmsprop-predicted explicit-axes: rel. difference {error:.1e}, shardings kept")
 
 
-def hlo_collectives(compiled_text: str) -> dict[str, int]:
-  """How many of each collective a compiled HLO module contains."""
-  ops = ("collective-permute", "all-to-all", "all-gather", "all-reduce", "reduce-scatter")
-  return {op: compiled_text.count(f" {op}(") + compiled_text.count(f" {op}-start(")
-          for op in ops}
-
-
 def far_end_moves_no_examples() -> None:
   """The default avggrad.adam step (far end on a quarter of the batch, batch=) on a batch
-  sharded over 8 devices: no collective-permute or all-to-all; with replicated params no
-  all-gather, with FSDP-sharded params no more all-gathers than the whole-batch far end (two
-  full gradients) needs. And it matches one device, the same examples at the far end."""
-  mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  sharded over ``data``, under every common parameter layout: replicated, FSDP on the input
+  axis and on the output axis of every weight (biases on ``data``), and a 2-D mesh (data 4 x
+  model 2) with every weight sharded on ``model``. With activations kept on ``data``
+  (``avggrad.parallel.shard_examples``, the step traced under the mesh): no
+  collective-permute or all-to-all, at most twice ``optax.adam``'s all-gathers (two
+  gradients) and none with replicated params; and the step matches one device."""
   params = helpers.mlp_params(jax.random.PRNGKey(0), [16, 64, 64, 64, 8])
   x = jax.random.normal(jax.random.PRNGKey(1), (256, 16))
   y = jax.random.randint(jax.random.PRNGKey(2), (256,), 0, 8)
 
   def value_fn(p, batch):
-    logits = helpers.mlp_apply(p, batch[0], jnp.tanh)
+    h = batch[0]
+    for layer in p[:-1]:
+      h = parallel.shard_examples(jnp.tanh(h @ layer["w"] + layer["b"]))
+    logits = h @ p[-1]["w"] + p[-1]["b"]
     return optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]).mean()
 
-  def make_step(tx):
+  def make_step(tx, mesh):
     def step(p, s, xb, yb):
-      grads = jax.grad(value_fn)(p, (xb, yb))
-      updates, s = tx.update(grads, s, p, value_fn=value_fn, batch=(xb, yb))
+      with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+        grads = jax.grad(value_fn)(p, (xb, yb))
+        updates, s = tx.update(grads, s, p, value_fn=value_fn, batch=(xb, yb))
       return optax.apply_updates(p, updates), s
     return jax.jit(step)
 
-  batch = NamedSharding(mesh, P("data"))
-  xb, yb = jax.device_put(x, batch), jax.device_put(y, batch)
-  fsdp = [{"w": NamedSharding(mesh, P(None, "data")), "b": NamedSharding(mesh, P("data"))}
-          for _ in params]
-  layouts = {"replicated": jax.tree.map(lambda _: NamedSharding(mesh, P()), params),
-             "fsdp": fsdp}
-  for layout, shardings in layouts.items():
+  auto = jax.sharding.AxisType.Auto
+  one_axis = jax.make_mesh((8,), ("data",), axis_types=(auto,))
+  two_axes = jax.make_mesh((4, 2), ("data", "model"), axis_types=(auto, auto))
+  layouts = {
+      "replicated": (one_axis, P(), P()),
+      "fsdp-output-axis": (one_axis, P(None, "data"), P("data")),
+      "fsdp-input-axis": (one_axis, P("data", None), P("data")),
+      "2-D data x model": (two_axes, P(None, "model"), P("model")),
+  }
+  tx = avggrad.adam(3e-3)
+  reference, s_ref = params, tx.init(params)
+  reference_step = make_step(tx, one_axis)
+  for _ in range(3):
+    reference, s_ref = reference_step(reference, s_ref, x, y)
+  for layout, (mesh, w_spec, b_spec) in layouts.items():
+    shardings = [{"w": NamedSharding(mesh, w_spec), "b": NamedSharding(mesh, b_spec)}
+                 for _ in params]
+    batch = NamedSharding(mesh, P("data"))
+    xb, yb = jax.device_put(x, batch), jax.device_put(y, batch)
     counts = {}
-    for name, tx in [("optax.adam", optax.adam(1e-3)), ("default", avggrad.adam(1e-3)),
-                     ("whole", avggrad.adam(1e-3, far_batch_fraction=None))]:
+    for name, opt in [("optax.adam", optax.adam(1e-3)), ("default", avggrad.adam(1e-3))]:
       p0 = jax.device_put(params, shardings)
-      s0 = jax.jit(tx.init)(p0)
-      text = make_step(tx).lower(p0, s0, xb, yb).compile().as_text()
-      counts[name] = hlo_collectives(text)
+      s0 = jax.jit(opt.init)(p0)
+      text = make_step(opt, mesh).lower(p0, s0, xb, yb).compile().as_text()
+      counts[name] = parallel.hlo_collectives(text)
     print(f"collectives, params {layout}: {counts}")
     default = counts["default"]
     assert default["collective-permute"] == 0 and default["all-to-all"] == 0, (layout, counts)
+    assert default["all-gather"] <= 2 * counts["optax.adam"]["all-gather"], (layout, counts)
     if layout == "replicated":
       assert default["all-gather"] == 0, counts
-    else:
-      assert default["all-gather"] <= counts["whole"]["all-gather"], counts
-  tx = avggrad.adam(3e-3)
-  step = make_step(tx)
-  reference, sharded = params, jax.device_put(params, layouts["replicated"])
-  s_ref, s_sh = tx.init(reference), tx.init(sharded)
-  for _ in range(3):
-    reference, s_ref = step(reference, s_ref, x, y)
-    sharded, s_sh = step(sharded, s_sh, xb, yb)
-  error = helpers.rel_error(sharded, reference)
-  assert error < 1e-5, error
-  print(f"far end on 1/4 of a sharded batch: rel. difference to one device {error:.1e}, "
-        "no examples moved")
+    sharded = jax.device_put(params, shardings)
+    s_sh = tx.init(sharded)
+    step = make_step(tx, mesh)
+    for _ in range(3):
+      sharded, s_sh = step(sharded, s_sh, xb, yb)
+    error = helpers.rel_error(sharded, reference)
+    assert error < 1e-5, (layout, error)
+    print(f"far end on 1/4 of a sharded batch, params {layout}: rel. difference to one "
+          f"device {error:.1e}, no examples moved")
 
 
 def training_matches_one_device() -> None:
@@ -186,6 +194,16 @@ def training_matches_one_device() -> None:
     np.testing.assert_allclose(eight.losses, one.losses, rtol=2e-5)
     print(f"train on 8 devices (shard_params={shard}) matches one device: max rel. "
           f"difference {np.max(np.abs(np.subtract(eight.losses, one.losses)) / np.abs(one.losses)):.1e}")
+  # The loop's own step with FSDP params: the models keep activations on the data axis
+  # (shard_examples under DataParallel.tracing), so the far end on 16 of the 64 examples (2
+  # per device) moves nothing between devices.
+  program, _ = training.compile_step(config, train_data, parallel.DataParallel.create(
+      8, shard_params=True))
+  idx = parallel.DataParallel.create(8).place_batch(np.zeros((64,), np.int32))
+  counts = parallel.hlo_collectives(
+      program.compiled[0].compile(program.carry, *program.data, idx).as_text())
+  assert counts["all-to-all"] == 0 and counts["collective-permute"] == 0, counts
+  print(f"train's step, FSDP params: {counts}")
   runs1 = sweep.sweep(config, [1e-3, 3e-3], [0, 1], devices=1, **kwargs)
   runs8 = sweep.sweep(config, [1e-3, 3e-3], [0, 1], devices=8, **kwargs)
   for key in runs1:

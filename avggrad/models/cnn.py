@@ -8,6 +8,7 @@ import jax
 from flax import nnx
 
 from avggrad.models import registry
+from avggrad.parallel import shard_examples
 
 POOLINGS: tuple[str, ...] = ("stride", "max", "avg", "none")
 
@@ -89,4 +90,5 @@ class CNN(nnx.Module):
         x = nnx.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
       elif pool == "avg":
         x = nnx.avg_pool(x, (2, 2), strides=(2, 2), padding="SAME")
+      x = shard_examples(x)
     return self.head(x.reshape(x.shape[0], -1))

@@ -6,6 +6,7 @@ import jax
 from flax import nnx
 
 from avggrad.models import registry
+from avggrad.parallel import shard_examples
 
 
 class MLP(nnx.Module):
@@ -67,5 +68,5 @@ class MLP(nnx.Module):
           f"MLP expects {self.in_features} input features per example, got {x.shape[1]}."
       )
     for layer in self.hidden:
-      x = self.activation(layer(x))
+      x = shard_examples(self.activation(layer(x)))
     return self.head(x)

@@ -8,6 +8,7 @@ import jax
 from flax import nnx
 
 from avggrad.models import registry
+from avggrad.parallel import shard_examples
 
 
 class ResidualBlock(nnx.Module):
@@ -80,5 +81,5 @@ class ResNet(nnx.Module):
     for i, block in enumerate(self.blocks):
       if i and i % self.per_stage == 0:
         h = self.activation(self.down[i // self.per_stage - 1](h))
-      h = block(h)
+      h = shard_examples(block(h))
     return self.head(h.mean(axis=(1, 2)))

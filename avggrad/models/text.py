@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from avggrad.models import registry
+from avggrad.parallel import shard_examples
 from avggrad.models.mlp import MLP
 
 KINDS: tuple[str, ...] = ("mlp", "conv")
@@ -92,5 +93,5 @@ class TextModel(nnx.Module):
       pooled = (x * mask).sum(1) / jnp.maximum(mask.sum(1), 1.0)
       return self.body(pooled)
     for conv in self.convs:
-      x = self.activation(conv(x))
+      x = shard_examples(self.activation(conv(x)))
     return self.head(x.mean(axis=1))

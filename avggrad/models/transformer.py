@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from avggrad.models import registry
+from avggrad.parallel import shard_examples
 
 
 class TransformerBlock(nnx.Module):
@@ -61,5 +62,5 @@ class TransformerLM(nnx.Module):
     h = self.tokens(tokens) + self.positions(jnp.arange(tokens.shape[-1]))
     mask = nnx.make_causal_mask(tokens)
     for block in self.blocks:
-      h = block(h, mask)
+      h = shard_examples(block(h, mask))
     return self.head(self.norm(h))
