@@ -65,7 +65,7 @@ def shard_examples(x: jax.Array) -> jax.Array:
   activations so: with sharded weights and few examples per device, XLA's partitioner may
   otherwise lay activations out along the features and move them with all-to-alls (for
   ``optax.adam`` at a small batch as for the average gradient's far end on every 4th
-  example; README, "Scaling out"). The models of :mod:`avggrad.models` call it on every
+  example; README, "Scaling out"). The models of ``avggrad.models`` call it on every
   hidden activation.
 
   Args:
@@ -160,7 +160,7 @@ class DataParallel:
       return jax.numpy.asarray(x)
     return jax.device_put(x, self._sharding(self.batch_spec(np.ndim(x), batch_axis)))
 
-  def tracing(self) -> contextlib.AbstractContextManager:
+  def tracing(self) -> Any:
     """The context to trace a step in: this mesh as the abstract mesh, so that
     :func:`shard_examples` keeps activations sharded over ``data``; nothing on one device."""
     if self.mesh is None:
