@@ -32,7 +32,7 @@ import optax
 
 import avggrad
 from avggrad import optimizers
-from avggrad.transforms import COMBINES
+from avggrad.transforms import COMBINES, _bind_value_fn
 
 
 def hutchinson_diagonal(grad_fn: Callable[[Any], Any], params: Any, key: jax.Array,
@@ -68,7 +68,12 @@ def per_coordinate_average(inner: optax.GradientTransformation, *, span: float =
                 value_fn: Optional[Callable[..., Any]] = None, **extra: Any):
     predicted, _ = inner.update(updates, state.inner_state, params, **extra)
     key, sub = jax.random.split(state.key)
-    diag = hutchinson_diagonal(jax.grad(value_fn), params, sub, probes)
+    if value_fn is None:
+      raise ValueError("pc-adam / pc-rmsprop need the loss: tx.update(grads, state, params, "
+                       "value_fn=loss_fn, batch=batch).")
+    # The loss with the extra arguments it declares (its batch), as the package's wrapper
+    # binds them; jax.grad(value_fn) alone would call it without its batch.
+    diag = hutchinson_diagonal(jax.grad(_bind_value_fn(value_fn, extra)), params, sub, probes)
     average = jax.tree.map(lambda g, h, u: g + 0.5 * h * span * u, updates, diag, predicted)
     combined = combine_fn(updates, average)
     new_updates, inner_state = inner.update(combined, state.inner_state, params, **extra)
@@ -148,13 +153,19 @@ _sf_auto_adamw = _inside_schedule_free(avggrad.auto)
 
 def _kron(learning_rate, **options) -> optax.GradientTransformation:
   # distributed-kron 2.0.0 subscripts PartitionSpec in an annotation (``PartitionSpec[str,
-  # str]``), which jax >= 0.10 rejects at import; an identity __class_getitem__ lets it load.
-  if not hasattr(jax.sharding.PartitionSpec, "__class_getitem__"):
-    jax.sharding.PartitionSpec.__class_getitem__ = classmethod(lambda cls, item: cls)
+  # str]``), evaluated once at its import, which jax >= 0.10 rejects. An identity
+  # __class_getitem__ lets it load; it is removed again right after, so nothing else sees it.
+  spec = jax.sharding.PartitionSpec
+  added = "__class_getitem__" not in vars(spec)
+  if added:
+    spec.__class_getitem__ = classmethod(lambda cls, item: cls)
   try:
     import distributed_kron  # pylint: disable=import-outside-toplevel
   except ImportError as e:
     raise ImportError("the 'kron' peer needs PSGD Kron: pip install distributed-kron") from e
+  finally:
+    if added:
+      del spec.__class_getitem__
   return distributed_kron.kron(learning_rate, **options)
 
 

@@ -9,6 +9,7 @@ import json
 import math
 import types
 
+import jax
 import numpy as np
 import pytest
 
@@ -301,3 +302,32 @@ def test_selftuning_calibration_rule_and_profile_area(tmp_path):
   assert area["a"] == pytest.approx((0.5 * 2 + 1.0 * 1) / 3, abs=2e-3)
   assert area["b"] == pytest.approx((0.5 * 1 + 1.0 * 2) / 3, abs=2e-3)
   assert area["c"] == pytest.approx(0.5, abs=2e-3)  # a miss never counts
+
+
+def test_per_coordinate_average_uses_the_batch_and_the_exact_diagonal():
+  """pc-adam on a separable quadratic whose loss takes its batch: the Hutchinson diagonal of
+  a diagonal Hessian is exact (z * (H z) = h for Rademacher z), so the average gradient is
+  g + diag(H) * span * Delta / 2 in closed form, Delta being Adam's step from g."""
+  import jax.numpy as jnp
+  import optax
+
+  import avggrad
+  from benchmarks import experimental
+
+  curvature = jnp.array([1.0, 4.0, 0.25])
+  params = jnp.array([1.0, -2.0, 3.0])
+  batch = jnp.array([[0.5, 0.5, 0.5], [1.5, -0.5, 2.5]])
+
+  def value_fn(p, batch):
+    return 0.5 * jnp.mean(jnp.sum(curvature * (p - batch) ** 2, axis=-1))
+
+  g = jax.grad(value_fn)(params, batch)
+  tx = experimental.per_coordinate_average(avggrad.adam_baseline(0.1), span=2.0, combine="replace")
+  updates, _ = tx.update(g, tx.init(params), params, value_fn=value_fn, batch=batch)
+  adam = avggrad.adam_baseline(0.1)
+  delta, _ = adam.update(g, adam.init(params), params)
+  average = g + 0.5 * curvature * 2.0 * delta
+  want, _ = adam.update(average, adam.init(params), params)
+  np.testing.assert_allclose(updates, want, rtol=1e-6)
+  with pytest.raises(ValueError, match="value_fn"):
+    tx.update(g, tx.init(params), params)
