@@ -58,6 +58,8 @@ def main(argv: Optional[list[str]] = None) -> None:
   parser.add_argument("--optimizers", default="*",
                       help="only optimizers matching one of these comma-separated globs")
   parser.add_argument("--out", default=None, help="default: next to the grid's results")
+  parser.add_argument("--results-dir", default=None,
+                      help="the grid's results folder (default: as benchmarks.report reads it)")
   parser.add_argument("--data-dir", default=os.environ.get("AVGGRAD_DATA_DIR"))
   parser.add_argument("--chunk", type=int, default=10)
   parser.add_argument("--repeats", type=int, default=5)
@@ -66,7 +68,8 @@ def main(argv: Optional[list[str]] = None) -> None:
   unknown = run_lib.unmatched_patterns(grid, args.optimizers)
   if unknown:
     parser.error(f"--optimizers: {', '.join(unknown)} matches no optimizer of the grid")
-  out = args.out or os.path.join(os.path.dirname(run_lib.results_path(grid)), "overheads.json")
+  out = args.out or os.path.join(run_lib.results_folder(grid, args.results_dir),
+                                 "overheads.json")
   results: dict[str, Any] = {}
   if os.path.exists(out):
     with open(out) as f:

@@ -16,8 +16,9 @@ Protocol, per task:
 1. the baselines run first, at every learning rate and seed;
 2. if the task has no ``target`` yet, it is set to the smoothed training loss that the best
    baseline (lowest final loss at its best learning rate) reaches at ``target_fraction`` of
-   the budget, median over seeds, and **written into the grid file** before any other
-   optimizer runs;
+   the budget, median over seeds (:func:`avggrad.protocol.set_target`), and recorded in the
+   results folder's ``targets.json`` before any other optimizer runs (the grid file is never
+   written);
 3. every other optimizer runs at every learning rate and seed;
 4. whenever an optimizer's best learning rate sits at an edge of what it has run, the next
    rungs of the ladder are run for it (up to ``max_extensions`` per side): on a geometric
@@ -33,9 +34,13 @@ run) ran 2-3x slower than the same runs one by one (``benchmarks/harness_speed.p
 Per-run step times are not measured by a sweep; wall-clock to target uses the interleaved
 single-step times of ``benchmarks/overheads.py``.
 
-Results go to ``benchmarks/results/<grid name>/runs.jsonl`` (one line per run: task,
-optimizer, learning rate, seed, config, per-step losses, evaluations, time per step). A run
-already present is skipped, so an interrupted grid resumes where it stopped. ``--shard i/n``
+Results go to ``results/<grid name>/runs.jsonl`` in the current folder (or under
+``$AVGGRAD_RESULTS_DIR``, or ``--results-dir``; one line per run: task, optimizer, learning
+rate, seed, config, per-step losses, evaluations, time per step). The readers (report,
+headline, profiles) read that folder when it holds runs, else the tracked record in
+``benchmarks/results/<grid name>/`` whose raw runs are packed with ``--pack`` into
+``runs.jsonl.xz`` (xz-compressed JSON lines; ``.jsonl``, ``.jsonl.gz`` and ``.jsonl.xz`` are
+all read). A run already present is skipped, so an interrupted grid resumes where it stopped. ``--shard i/n``
 runs every n-th selected task (for several processes, each writing its own file); ``--quick`` runs a
 representative slice.
 
@@ -43,6 +48,7 @@ Usage::
 
   python -m benchmarks.run benchmarks/grids/main.json [--tasks GLOB,GLOB] [--shard 0/2]
   python -m benchmarks.run --quick
+  python -m benchmarks.run benchmarks/grids/main.json --results-dir benchmarks/results/main --pack
 """
 
 from __future__ import annotations
@@ -50,7 +56,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import fnmatch
+import gzip
 import json
+import lzma
 import math
 import os
 import sys
@@ -90,35 +98,106 @@ def load_grid(path: str) -> dict[str, Any]:
   return grid
 
 
-def save_grid(path: str, grid: dict[str, Any]) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(grid, f, indent=2)
-    f.write("\n")
-  os.replace(tmp, path)
+RESULTS_ROOT = os.path.join(HERE, "results")
+"""The tracked record: the results the README's tables are built from (raw runs packed as
+``runs.jsonl.xz``, :func:`pack_results`)."""
+
+PACKED = (".jsonl.xz", ".jsonl.gz")
+"""Compressed run files: read before the plain ``.jsonl`` files appended since."""
 
 
-def results_path(grid: dict[str, Any], results_dir: Optional[str] = None) -> str:
-  folder = results_dir or os.path.join(HERE, "results", grid["name"])
-  os.makedirs(folder, exist_ok=True)
+def new_results_root() -> str:
+  """Where new runs go by default: ``$AVGGRAD_RESULTS_DIR``, else ``results/`` in the current
+  folder (ignored by git), never the tracked :data:`RESULTS_ROOT`."""
+  return os.environ.get("AVGGRAD_RESULTS_DIR") or os.path.join(os.getcwd(), "results")
+
+
+def results_folder(grid: dict[str, Any], results_dir: Optional[str] = None,
+                   write: bool = False) -> str:
+  """A grid's results folder: ``results_dir`` if given; for writing, ``<new results
+  root>/<name>`` (:func:`new_results_root`); for reading, that folder when it holds runs (a
+  grid you ran yourself), else the tracked ``benchmarks/results/<name>``. The grid's tasks
+  without a target take the one the runner recorded there (``targets.json``)."""
+  fresh = os.path.join(new_results_root(), grid["name"])
+  if results_dir:
+    folder = results_dir
+  elif write or _run_files(fresh):
+    folder = fresh
+  else:
+    folder = os.path.join(RESULTS_ROOT, grid["name"])
+  targets = read_targets(folder)
+  for task in grid["tasks"]:
+    if task.get("target") is None and task["name"] in targets:
+      task.update(targets[task["name"]])
+  return folder
+
+
+def results_path(grid: dict[str, Any], results_dir: Optional[str] = None,
+                 write: bool = False) -> str:
+  """The plain runs file of :func:`results_folder` (created when writing)."""
+  folder = results_folder(grid, results_dir, write)
+  if write:
+    os.makedirs(folder, exist_ok=True)
   return os.path.join(folder, "runs.jsonl")
 
 
+def read_targets(folder: str) -> dict[str, dict[str, Any]]:
+  """The targets the runner set for this folder's runs: ``{task: {"target", "target_source"}}``."""
+  path = os.path.join(folder, "targets.json")
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
+def _run_files(folder: str) -> list[str]:
+  """The folder's run files, packed ones first (older), then plain ones (appended since)."""
+  if not os.path.isdir(folder):
+    return []
+  names = [n for n in os.listdir(folder) if n.startswith("runs")
+           and (n.endswith(".jsonl") or n.endswith(PACKED))]
+  return [os.path.join(folder, n) for n in sorted(names, key=lambda n: (n.endswith(".jsonl"), n))]
+
+
+def _open_runs(path: str):
+  if path.endswith(".xz"):
+    return lzma.open(path, "rt")
+  if path.endswith(".gz"):
+    return gzip.open(path, "rt")
+  return open(path)
+
+
 def read_results(path: str) -> list[dict[str, Any]]:
-  """All run records of a results file (and of its shard files), skipping torn lines; a run
-  recorded twice (the same task, optimizer, rate and seed) counts once, its last record."""
+  """All run records of a results folder (``path`` is its ``runs.jsonl``; packed and shard
+  files are read too), skipping torn lines; a run recorded twice (the same task, optimizer,
+  rate and seed) counts once, its last record."""
   records: dict[tuple, dict[str, Any]] = {}
-  folder = os.path.dirname(path)
-  for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-    if name.startswith("runs") and name.endswith(".jsonl"):
-      with open(os.path.join(folder, name)) as f:
-        for line in f:
-          try:
-            record = json.loads(line)
-          except json.JSONDecodeError:
-            continue
-          records[_key(record["task"], record["optimizer"], record["lr"], record["seed"])] = record
+  for name in _run_files(os.path.dirname(path)):
+    with _open_runs(name) as f:
+      for line in f:
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError:
+          continue
+        records[_key(record["task"], record["optimizer"], record["lr"], record["seed"])] = record
   return list(records.values())
+
+
+def pack_results(folder: str) -> tuple[int, int]:
+  """Packs a folder's run files into one ``runs.jsonl.xz`` (every record once, as
+  :func:`read_results` reads them) and removes the rest: ``(bytes before, bytes after)``."""
+  files = _run_files(folder)
+  before = sum(os.path.getsize(f) for f in files)
+  records = read_results(os.path.join(folder, "runs.jsonl"))
+  target = os.path.join(folder, "runs.jsonl.xz")
+  with lzma.open(target + ".tmp", "wt", preset=9) as f:
+    for record in records:
+      f.write(json.dumps(record) + "\n")
+  os.replace(target + ".tmp", target)
+  for name in files:
+    if name != target:
+      os.remove(name)
+  return before, os.path.getsize(target)
 
 
 def task_config(grid: dict[str, Any], task: dict[str, Any]) -> training.TrainConfig:
@@ -298,7 +377,8 @@ class Runner:
       self.run_lrs(task, label, new)
 
   def set_target(self, task: dict[str, Any]) -> Optional[float]:
-    """Computes the task's target from its baselines and writes it into the grid file."""
+    """Computes the task's target from its baselines and records it in the results folder's
+    ``targets.json``."""
     if task.get("target") is not None:
       return task["target"]
     fraction = float(self.grid.get("target_fraction", 0.8))
@@ -319,18 +399,17 @@ class Runner:
     target = protocol.target_loss([(r["losses"], r["status"] == "ok") for r in runs],
                                   fraction, config.steps)
     target = float(f"{target:.5g}")
-    # Re-read the grid so that concurrent shards do not overwrite each other's targets.
-    grid = load_grid(self.grid_path)
-    for t in grid["tasks"]:
-      if t["name"] == task["name"] and t.get("target") is None:
-        t["target"] = target
-        t["target_source"] = (f"{best_label} (lr {best_lr:g}) smoothed loss at "
-                              f"{fraction:.0%} of {config.steps} steps, median of "
-                              f"{len(runs)} seeds")
-      task_target = t.get("target") if t["name"] == task["name"] else None
-      if task_target is not None:
-        target = task_target
-    save_grid(self.grid_path, grid)
+    source = (f"{best_label} (lr {best_lr:g}) smoothed loss at {fraction:.0%} of "
+              f"{config.steps} steps, median of {len(runs)} seeds")
+    # Recorded beside the runs, not in the grid file; re-read first so that concurrent
+    # shards do not overwrite each other's targets (the first one set stays).
+    folder = os.path.dirname(self.out)
+    targets = read_targets(folder)
+    entry = targets.setdefault(task["name"], {"target": target, "target_source": source})
+    target = entry["target"]
+    with open(os.path.join(folder, "targets.json.tmp"), "w") as f:
+      json.dump(targets, f, indent=1)
+    os.replace(os.path.join(folder, "targets.json.tmp"), os.path.join(folder, "targets.json"))
     task["target"] = target
     print(f"[{task['name']}] target set to {target} from {best_label}", flush=True)
     return target
@@ -365,7 +444,11 @@ def main(argv: Optional[list[str]] = None) -> None:
                            "(the baselines always run: they set the target)")
   parser.add_argument("--shard", default="0/1",
                       help="i/n: run every n-th of the selected tasks, starting at i")
-  parser.add_argument("--results-dir", default=None, help="default benchmarks/results/<name>")
+  parser.add_argument("--results-dir", default=None,
+                      help="default results/<name> in the current folder (or under "
+                           "$AVGGRAD_RESULTS_DIR)")
+  parser.add_argument("--pack", action="store_true",
+                      help="pack the results folder's run files into runs.jsonl.xz and stop")
   parser.add_argument("--data-dir", default=os.environ.get("AVGGRAD_DATA_DIR"),
                       help="folder with the datasets' original files (default "
                            "$AVGGRAD_DATA_DIR)")
@@ -388,7 +471,11 @@ def main(argv: Optional[list[str]] = None) -> None:
   if unknown:
     parser.error(f"--optimizers: {', '.join(unknown)} matches no optimizer of the grid "
                  f"({', '.join(grid['optimizers'])})")
-  out = results_path(grid, args.results_dir)
+  out = results_path(grid, args.results_dir, write=True)
+  if args.pack:
+    before, after = pack_results(os.path.dirname(out))
+    print(f"packed {os.path.dirname(out)}: {before / 1e6:.1f} MB -> {after / 1e6:.1f} MB")
+    return
   if n > 1:
     out = out.replace("runs.jsonl", f"runs.shard{i}of{n}.jsonl")
   runner = Runner(path, grid, out, progress=args.progress, data_dir=args.data_dir,
