@@ -229,9 +229,9 @@ def compare(
   best = {spec: protocol.best_lr({float(lr): [final_loss(r) for r in results(spec, lr)]
                                   for lr in lrs}) for spec in optimizers}
   if target is None:
-    target = protocol.target_loss(
-        [(r.losses, not r.diverged) for r in results(optimizers[0], best[optimizers[0]])],
-        target_fraction, base.steps)
+    target, _, _ = protocol.set_target(
+        {optimizers[0]: {float(lr): [(r.losses, not r.diverged) for r in results(optimizers[0], lr)]
+                         for lr in lrs}}, target_fraction, base.steps)
     rule = (f"{optimizers[0]}'s smoothed loss at {target_fraction:.0%} of the budget, "
             "at its best learning rate")
   else:

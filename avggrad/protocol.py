@@ -72,6 +72,54 @@ def target_loss(runs: Sequence[tuple[Losses, bool]], fraction: float, steps: int
   return float(np.median(values)) if values else math.inf
 
 
+Runs = Sequence[tuple[Losses, bool]]
+
+
+def target_run(baselines: Mapping[str, Mapping[float, Runs]]) -> Optional[tuple[str, float]]:
+  """Which runs set a task's target: each baseline at its best learning rate
+  (:func:`best_lr` of the :func:`score` medians), the one whose median score there is lowest
+  (ties: the first listed). ``None`` when a baseline has no runs yet, or none finished.
+
+  The one rule of the runner (the grid's baselines), ``avggrad compare`` (its first
+  optimizer) and the device benchmark (Adam): only the set of baselines differs.
+
+  Args:
+    baselines: ``{label: {learning rate: [(losses, ok) per seed]}}``.
+
+  Returns:
+    ``(label, learning rate)`` of the runs that set the target.
+
+  Example:
+    >>> target_run({"adam": {1e-3: [([3.0, 1.0], True)], 1e-2: [([3.0, 2.0], True)]},
+    ...             "rmsprop": {1e-3: [([3.0, 1.5], True)]}})
+    ('adam', 0.001)
+  """
+  best_label, best_score, best_rate = None, math.inf, None
+  for label, by_rate in baselines.items():
+    rate = best_lr({lr: [score(losses, ok) for losses, ok in runs]
+                    for lr, runs in by_rate.items()})
+    if rate is None:
+      return None
+    median = float(np.median([score(losses, ok) for losses, ok in by_rate[rate]]))
+    if median < best_score:
+      best_label, best_score, best_rate = label, median, rate
+  return None if best_label is None else (best_label, best_rate)
+
+
+def set_target(baselines: Mapping[str, Mapping[float, Runs]], fraction: float,
+               steps: int) -> Optional[tuple[float, str, float]]:
+  """A task's target: :func:`target_loss` of the runs :func:`target_run` picks.
+
+  Returns:
+    ``(target, label, learning rate)``, or ``None`` when a baseline has no runs yet.
+  """
+  chosen = target_run(baselines)
+  if chosen is None:
+    return None
+  label, rate = chosen
+  return target_loss(baselines[label][rate], fraction, steps), label, rate
+
+
 def iterations(losses: Losses, ok: bool, target: Optional[float],
                steps: int) -> Optional[int]:
   """Iterations until the smoothed loss first reaches ``target`` (smoothing window of a

@@ -145,9 +145,9 @@ def summarize(config: training.TrainConfig, runs: dict[str, dict], step_times: d
 
   best = {spec: protocol.best_lr({lr: [score(res[(lr, s)]) for s in seeds] for lr in lrs})
           for spec, res in runs.items()}
-  target = protocol.target_loss([(runs["adam"][(best["adam"], s)].losses,
-                                  not runs["adam"][(best["adam"], s)].diverged)
-                                 for s in seeds], 0.8, config.steps)
+  target, _, _ = protocol.set_target(
+      {"adam": {lr: [(runs["adam"][(lr, s)].losses, not runs["adam"][(lr, s)].diverged)
+                     for s in seeds] for lr in lrs}}, 0.8, config.steps)
   rows = {}
   for spec, res in runs.items():
     chosen = [res[(best[spec], s)] for s in seeds]

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from avggrad import optimizers, training, transforms
+from avggrad import optimizers, protocol, training, transforms
 from benchmarks import report
 from benchmarks import run as run_lib
 
@@ -86,7 +86,7 @@ def measure(config: training.TrainConfig, spec: str, train_data: Any, test_data:
                             devices=1)
   stats = np.array(records)
   return {"spec": spec, "lr": config.lr, "status": result.status,
-          "final_loss": float(np.mean(result.losses[-len(result.losses) // 10:])),
+          "final_loss": protocol.score(result.losses, not result.diverged),
           "fired_fraction": thirds(stats[:, 0]), "median_gain_where_fired": thirds(stats[:, 1]),
           "update_lengthening": thirds(stats[:, 2])}
 

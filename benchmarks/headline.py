@@ -22,6 +22,8 @@ import argparse
 import math
 from typing import Any, Optional
 
+import numpy as np
+
 from avggrad import protocol
 from benchmarks import report
 from benchmarks import run as run_lib
@@ -128,7 +130,7 @@ def peers_detail(grid_paths: list[str], results_dir: Optional[str] = None) -> st
                 "|---|---|---|---|"]
       for label in ["adam", *labels]:
         o = summary["optimizers"][label]
-        final = sorted(o["final_losses"])[len(o["final_losses"]) // 2]
+        final = float(np.median(o["final_losses"]))
         ratio = "1" if label == "adam" else cell(summary, label, "adam")
         lines.append(f"| {label} | {ratio} | {final:.4f} | {o['test_accuracy']:.3f} |")
       lines.append("")

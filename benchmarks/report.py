@@ -124,7 +124,7 @@ def add_wall_clock(task: str, summary: dict, overheads: Optional[dict]) -> None:
   """Adds ``step_seconds``, ``wall_seconds`` and wall-clock ratios to each optimizer."""
   for label, s in summary["optimizers"].items():
     s["step_seconds"] = _step_seconds(task, label, s, overheads)
-    s["wall_seconds"] = s["median_iterations"] * s["step_seconds"]
+    s["wall_seconds"] = protocol.seconds_to_target(s["median_iterations"], s["step_seconds"])
   base_rms = summary["optimizers"].get(RMSPROP, {}).get("wall_seconds", math.nan)
   base_adam = summary["optimizers"].get(ADAM, {}).get("wall_seconds", math.nan)
   for s in summary["optimizers"].values():

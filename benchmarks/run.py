@@ -383,21 +383,20 @@ class Runner:
       return task["target"]
     fraction = float(self.grid.get("target_fraction", 0.8))
     config = task_config(self.grid, task)
-    best_label, best_score, best_lr = None, math.inf, None
+    baselines = {}
     for label in self.grid["baselines"]:
       if label not in task_optimizers(self.grid, task):
         continue
       lr = self.best_lr(task, label)
       if lr is None:
         return None
-      score = float(np.median([final_loss(r) for r in self.records(task, label)[lr]]))
-      if score < best_score:
-        best_label, best_score, best_lr = label, score, lr
-    if best_label is None:
+      baselines[label] = {rate: [(r["losses"], r["status"] == "ok") for r in runs]
+                          for rate, runs in self.records(task, label).items()}
+    chosen = protocol.set_target(baselines, fraction, config.steps)
+    if chosen is None:
       return None
-    runs = self.records(task, best_label)[best_lr]
-    target = protocol.target_loss([(r["losses"], r["status"] == "ok") for r in runs],
-                                  fraction, config.steps)
+    target, best_label, best_lr = chosen
+    runs = baselines[best_label][best_lr]
     target = float(f"{target:.5g}")
     source = (f"{best_label} (lr {best_lr:g}) smoothed loss at {fraction:.0%} of "
               f"{config.steps} steps, median of {len(runs)} seeds")
