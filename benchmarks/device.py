@@ -8,10 +8,10 @@ budget runs out (what was measured is written after every piece, so a partial re
 still a result):
 
 1. **Step cost** of ``avggrad.adam`` against ``optax.adam`` at three MLP sizes (16 x 128 at
-   batch 128, 32 x 1024 at batch 512, 8 x 4096 at batch 4096; synthetic inputs): the default
+   batch 128, 32 x 1024 at batch 512, 8 x 4096 at batch 4096; the embedded images): the default
    (far end on every 4th example, ``batch=``), the whole batch, every 8th example, and a
    bfloat16 far end on every 4th. Timed interleaved in one process
-   (:func:`avggrad.timing.interleaved_seconds`).
+   (:func:`avggrad.timing.step_seconds`, the training loop's own step).
 2. **A tuned sweep** on two deep tasks of the embedded Fashion-MNIST subset (16-layer tanh
    MLP, 20-layer ELU MLP, width 128, batch 128): Adam, ``avggrad.adam``, NAdam, schedule-free
    AdamW and Muon, each on a ladder of learning rates (6 per decade) x 2 seeds in one vmapped
@@ -34,26 +34,22 @@ import time
 from typing import Any, Callable, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
-from flax import nnx
 
 import avggrad
 from avggrad import data, protocol, sweep, timing, training
-from avggrad.models import MLP
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SIZES = [(16, 128, 128), (32, 1024, 512), (8, 4096, 4096)]
 QUICK_SIZES = [(4, 32, 32), (2, 64, 64)]
-VARIANTS: dict[str, Callable[[float], optax.GradientTransformation]] = {
-    "optax.adam": optax.adam,
-    "avggrad.adam (1/4 batch, default)": avggrad.adam,
-    "avggrad.adam (whole batch)": lambda lr: avggrad.adam(lr, far_batch_fraction=None),
-    "avggrad.adam (1/8 batch)": lambda lr: avggrad.adam(lr, far_batch_fraction=0.125),
-    "avggrad.adam (1/4 batch, bfloat16 far end)": lambda lr: avggrad.adam(
-        lr, far_dtype="bfloat16"),
+VARIANTS: dict[str, str] = {
+    "optax.adam": "optax-adam",
+    "avggrad.adam (1/4 batch, default)": "avg-adam",
+    "avggrad.adam (whole batch)": "avg-adam:far_batch_fraction=1",
+    "avggrad.adam (1/8 batch)": "avg-adam:far_batch_fraction=0.125",
+    "avggrad.adam (1/4 batch, bfloat16 far end)": "avg-adam:far_dtype=bfloat16",
 }
+"""The step-cost variants: label -> registry spec (:mod:`avggrad.optimizers`)."""
 PEERS = ["adam", "avg-adam", "nadam", "schedule-free-adamw", "muon"]
 TASKS = {
     "fmnist-small-mlp16-tanh": dict(depth=16, activation="tanh", init="glorot_uniform"),
@@ -77,37 +73,22 @@ class Budget:
     return self.end - time.perf_counter()
 
 
-def _mlp_step(depth: int, width: int, batch: int, tx: optax.GradientTransformation):
-  """A compiled train step of a ``depth x width`` tanh MLP on 784 -> 10 synthetic data and
-  its arguments (the step feeds ``value_fn`` and ``batch=`` as users do)."""
-  model = MLP(784, 10, depth=depth, width=width, activation="tanh", rngs=nnx.Rngs(0))
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  key = jax.random.PRNGKey(1)
-  x = jax.random.normal(key, (batch, 784))
-  y = jax.random.randint(key, (batch,), 0, 10)
-  opt_state = jax.jit(tx.init)(params)
-
-  @jax.jit
-  def step(params, opt_state):
-    params, opt_state, loss = training.update_step(tx, graphdef, params, rest, opt_state, x, y)
-    return params, opt_state
-
-  return step, (params, opt_state)
-
-
 def step_cost(sizes: list[tuple[int, int, int]], budget: Budget, *, number: int,
               repeats: int, save: Callable[[], None], out: dict[str, Any]) -> None:
-  """Part 1: step time of each variant relative to ``optax.adam``, per size."""
+  """Part 1: step time of each variant relative to ``optax.adam``, per size (the training
+  step of :mod:`avggrad.training`, on the embedded subset's images, timed by
+  :func:`avggrad.timing.step_seconds`)."""
+  train_data = data.load(data.EMBEDDED, "train")
   for depth, width, batch in sizes:
     name = f"{depth}x{width}, batch {batch}"
     if budget.left() < 5:
       out["skipped"].append(f"step cost {name}: budget spent")
       continue
-    calls = []
-    for variant, make in VARIANTS.items():
-      step, args = _mlp_step(depth, width, batch, make(1e-4))
-      calls.append((step, args))
-    seconds = timing.interleaved_seconds(calls, number=number, repeats=repeats)
+    config = training.TrainConfig(model="mlp", depth=depth, width=width, batch_size=batch,
+                                  activation="tanh")
+    measured = timing.step_seconds(config, list(VARIANTS.values()), train_data,
+                                   number=number, repeats=repeats)
+    seconds = [measured[spec]["seconds_per_step"] for spec in VARIANTS.values()]
     base = seconds[0]
     out["step_cost"][name] = {v: {"seconds": s, "vs_optax_adam": s / base}
                               for v, s in zip(VARIANTS, seconds)}
