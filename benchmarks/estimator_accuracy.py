@@ -1,7 +1,8 @@
 """Estimator fidelity on the benchmark models at the step sizes training actually takes.
 
-For each model: train with RMSProp (same core) for a while; at several checkpoints take the
-update the optimizer is about to make (RMSProp's, and Adam's from an Adam run), scale it by the
+For each model: train with RMSProp (same core) for a while, in the package's own training loop
+(:func:`avggrad.training.run_loop`, shuffled epochs); at several checkpoints take the update the
+optimizer is about to make (RMSProp's, and Adam's from an Adam run), scale it by the
 spans the optimizers use, and compare the factorized and trapezoid estimators (and the point
 gradient) with the exact average gradient (16-node Gauss-Legendre quadrature): relative L2
 error, cosine similarity, and the error of the predicted loss change ``avg_grad . delta``
@@ -17,6 +18,8 @@ writes ``benchmarks/results/estimators/estimators.{md,json}``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import json
 import os
 from typing import Any, Optional
@@ -28,7 +31,7 @@ import optax
 from flax import nnx
 
 import avggrad
-from avggrad import training
+from avggrad import parallel, training
 from benchmarks import run as run_lib
 from avggrad.timing import interleaved_seconds
 
@@ -56,77 +59,89 @@ def _cos(a: Any, b: Any) -> float:
   return float(optax.tree.vdot(a, b) / (optax.tree.norm(a) * optax.tree.norm(b)))
 
 
-def evaluate_model(name: str, spec: dict[str, Any], *, steps: int, checkpoints: list[int],
+def state_at(config: training.TrainConfig, train_data: Any, step: int
+             ) -> tuple[Any, Any, tuple[jax.Array, jax.Array]]:
+  """``(params, opt_state)`` of ``config``'s run after ``step`` steps of the shared training
+  loop (:func:`avggrad.training.run_loop`, shuffled epochs) and the minibatch of its next
+  step."""
+  indices = training.batch_indices(len(train_data.y), config.batch_size, step + 1, config.seed)
+  dp = parallel.DataParallel(None)
+  program, _ = training.single_program(config, train_data, dp)
+  carry = program.carry
+  if step:
+    run = dataclasses.replace(config, steps=step, eval_every=step)
+    eval_data = (train_data.x[:config.batch_size], train_data.y[:config.batch_size])
+    carry = training.run_loop(run, program, indices[:step], eval_data=eval_data,
+                              test_data=eval_data, desc="", progress=False).carry
+  batch = indices[step]
+  return carry[0], carry[1], (jnp.asarray(train_data.x[batch]), jnp.asarray(train_data.y[batch]))
+
+
+def fidelity_row(loss: Any, params: Any, g: Any, delta: Any,
+                 fns: dict[str, Any]) -> dict[str, float]:
+  """Errors of the point gradient and of each estimator against the exact average gradient
+  over ``delta``: relative L2, cosine, and the relative error of the predicted loss change."""
+  value, exact = fns["exact"](params, delta)
+  change = float(loss(optax.apply_updates(params, delta)) - value)
+
+  def errors(prefix: str, approx: Any) -> dict[str, float]:
+    predicted = float(optax.tree.vdot(approx, delta))
+    return {f"{prefix}_rel_error": _rel(approx, exact), f"{prefix}_cosine": _cos(approx, exact),
+            f"{prefix}_change_error": abs(predicted - change) / max(abs(change), 1e-12)}
+
+  row = {"update_rms": float(optax.tree.norm(delta)) / np.sqrt(optax.tree.size(delta)),
+         "loss_change": change} | errors("point", g)
+  for est in ("factorized", "trapezoid"):
+    row |= errors(est, fns[est](params, delta)[1])
+  return row
+
+
+def evaluate_model(name: str, spec: dict[str, Any], *, checkpoints: list[int],
                    spans: list[float], lr: float, data_dir: Optional[str]) -> list[dict]:
-  config = training.TrainConfig(**spec, steps=max(steps, 1), data_dir=data_dir)
-  train_data, _ = run_lib.load_splits(config)
-  model = training.make_model(config, train_data, nnx.Rngs(0))
-  graphdef, params = nnx.split(model, nnx.Param)
-  rng = np.random.default_rng(0)
+  """Fidelity rows of one model for RMSProp's and Adam's updates (registry ``rmsprop`` and
+  ``adam``) at each checkpoint and span, and the estimators' cost at the last checkpoint."""
   rows = []
-  for opt_name, tx in [("rmsprop", avggrad.rmsprop_baseline(lr)),
-                       ("adam", avggrad.adam_baseline(lr))]:
-    p = params
-    state = tx.init(p)
-
-    def loss_on(q: Any, xb: jax.Array, yb: jax.Array) -> jax.Array:
-      return training.cross_entropy(nnx.merge(graphdef, q), xb, yb)
-
-    @jax.jit
-    def step(q, s, xb, yb, tx=tx):
-      grads = jax.grad(loss_on)(q, xb, yb)
-      updates, s = tx.update(grads, s, q)
-      return optax.apply_updates(q, updates), s, updates
-
-    done = 0
+  for opt_name in ("rmsprop", "adam"):
+    config = training.TrainConfig(**spec, optimizer=opt_name, lr=lr, data_dir=data_dir,
+                                  steps=max(max(checkpoints), 1))
+    train_data, _ = run_lib.load_splits(config)
+    model = training.make_model(config, train_data, nnx.Rngs(config.seed))
+    graphdef, _, rest = nnx.split(model, nnx.Param, ...)
+    tx = training.make_tx(config)
     for checkpoint in checkpoints:
-      while done < checkpoint:
-        idx = rng.integers(0, len(train_data.y), config.batch_size)
-        p, state, _ = step(p, state, train_data.x[idx], train_data.y[idx])
-        done += 1
-      idx = rng.integers(0, len(train_data.y), config.batch_size)
-      xb, yb = jnp.asarray(train_data.x[idx]), jnp.asarray(train_data.y[idx])
-      loss = lambda q: loss_on(q, xb, yb)
-      g = jax.grad(loss)(p)
-      update, _ = tx.update(g, state, p)
-      fns = {
-          "exact": jax.jit(avggrad.value_and_average_grad(loss, estimator="quadrature",
-                                                          num_points=16)),
-          "factorized": jax.jit(avggrad.value_and_average_grad(loss)),
-          "trapezoid": jax.jit(avggrad.value_and_average_grad(loss, estimator="trapezoid")),
-      }
+      params, opt_state, batch = state_at(config, train_data, checkpoint)
+      loss = functools.partial(training.loss_fn(graphdef, rest), batch=batch)
+      g = jax.grad(loss)(params)
+      update, _ = tx.update(g, opt_state, params)
+      fns = {"exact": jax.jit(avggrad.value_and_average_grad(loss, estimator="quadrature",
+                                                             num_points=16)),
+             "factorized": jax.jit(avggrad.value_and_average_grad(loss)),
+             "trapezoid": jax.jit(avggrad.value_and_average_grad(loss, estimator="trapezoid"))}
       for span in spans:
         delta = jax.tree.map(lambda u: span * u, update)
-        value, exact = fns["exact"](p, delta)
-        change = float(loss(optax.apply_updates(p, delta)) - value)
         row = {"model": name, "optimizer": opt_name, "lr": lr, "step": checkpoint,
-               "span": span, "update_rms": float(optax.tree.norm(delta))
-               / np.sqrt(optax.tree.size(delta)), "loss_change": change,
-               "point_rel_error": _rel(g, exact), "point_cosine": _cos(g, exact),
-               "point_change_error": abs(float(optax.tree.vdot(g, delta)) - change)
-               / max(abs(change), 1e-12)}
-        for est in ("factorized", "trapezoid"):
-          _, approx = fns[est](p, delta)
-          row[f"{est}_rel_error"] = _rel(approx, exact)
-          row[f"{est}_cosine"] = _cos(approx, exact)
-          row[f"{est}_change_error"] = abs(float(optax.tree.vdot(approx, delta)) - change) / max(
-              abs(change), 1e-12)
+               "span": span} | fidelity_row(loss, params, g, delta, fns)
         rows.append(row)
         print(f"[{name}] {opt_name} step {checkpoint} span {span:g}: |g-gbar|/|gbar| "
               f"{row['point_rel_error']:.3f}, factorized {row['factorized_rel_error']:.4f} "
               f"(cos {row['factorized_cosine']:.4f}), trapezoid "
               f"{row['trapezoid_rel_error']:.4f}", flush=True)
       if opt_name == "rmsprop" and checkpoint == checkpoints[-1]:
-        vg = jax.jit(jax.value_and_grad(loss))
-        calls = [(vg, (p,))] + [(fns[e], (p, update)) for e in ("factorized", "trapezoid")]
-        quad3 = jax.jit(avggrad.value_and_average_grad(loss, estimator="quadrature",
-                                                       num_points=3))
-        calls.append((quad3, (p, update)))
-        times = interleaved_seconds(calls, number=5, repeats=5)
-        rows.append({"model": name, "timing": True, "value_and_grad_s": times[0],
-                     "factorized_x": times[1] / times[0], "trapezoid_x": times[2] / times[0],
-                     "quadrature3_x": times[3] / times[0]})
+        rows.append(estimator_cost(name, loss, params, update, fns))
   return rows
+
+
+def estimator_cost(name: str, loss: Any, params: Any, update: Any,
+                   fns: dict[str, Any]) -> dict[str, Any]:
+  """Each estimator's time against ``jax.value_and_grad``, interleaved."""
+  quad3 = jax.jit(avggrad.value_and_average_grad(loss, estimator="quadrature", num_points=3))
+  calls = [(jax.jit(jax.value_and_grad(loss)), (params,)),
+           (fns["factorized"], (params, update)), (fns["trapezoid"], (params, update)),
+           (quad3, (params, update))]
+  times = interleaved_seconds(calls, number=5, repeats=5)
+  return {"model": name, "timing": True, "value_and_grad_s": times[0],
+          "factorized_x": times[1] / times[0], "trapezoid_x": times[2] / times[0],
+          "quadrature3_x": times[3] / times[0]}
 
 
 def write_markdown(rows: list[dict], path: str) -> None:
@@ -174,8 +189,8 @@ def main(argv: Optional[list[str]] = None) -> None:
   for name in args.models.split(","):
     if name not in MODELS:
       parser.error(f"unknown model {name!r}; expected one of {', '.join(MODELS)}")
-    rows += evaluate_model(name, MODELS[name], steps=max(checkpoints), checkpoints=checkpoints,
-                           spans=spans, lr=args.lr, data_dir=args.data_dir)
+    rows += evaluate_model(name, MODELS[name], checkpoints=checkpoints, spans=spans,
+                           lr=args.lr, data_dir=args.data_dir)
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, "estimators.json"), "w") as f:
     json.dump(rows, f, indent=1)
