@@ -460,6 +460,44 @@ def _boundaries(steps: int, start: int, *every: int) -> list[int]:
   return sorted(m for m in marks if m > start)
 
 
+def _advance_chunk(program: Program, carry: Any, idx: Any) -> tuple[Any, np.ndarray, float]:
+  """One chunk of steps: the new carry, the losses ``(steps, runs)`` and the seconds it took
+  without compiling."""
+  tick = time.perf_counter()
+  compile_before = sum(c.seconds for c in program.compiled)
+  carry, chunk = program.advance(carry, idx)
+  chunk = np.asarray(jax.device_get(chunk), np.float64).reshape(len(idx), program.num_runs)
+  seconds = time.perf_counter() - tick - (sum(c.seconds for c in program.compiled)
+                                          - compile_before)
+  return carry, chunk, seconds
+
+
+def _mark_diverged(stopped: list[Optional[int]], losses: np.ndarray, step: int,
+                   config: TrainConfig) -> None:
+  """Records the step where each run still alive diverged (:func:`metrics.divergence_step`)."""
+  window = metrics.default_window(config.steps)
+  for r, s in enumerate(stopped):
+    if s is None:
+      stopped[r] = metrics.divergence_step(losses[:step, r], config.divergence_factor, window)
+
+
+def _loop_result(carry: Any, losses: np.ndarray, evals: list, stopped: list[Optional[int]],
+                 step: int, test: tuple[np.ndarray, np.ndarray], seconds_per_step: float,
+                 program: Program) -> LoopResult:
+  """The :class:`LoopResult` of a finished loop (a diverged run's losses end where it did)."""
+  test_loss, test_acc = test
+  return LoopResult(
+      carry=carry,
+      losses=[(losses[:step, r] if s is None else losses[: s + 1, r]).tolist()
+              for r, s in enumerate(stopped)],
+      evals=evals, statuses=["ok" if s is None else f"diverged at step {s}" for s in stopped],
+      test_loss=[float(v) if s is None else math.nan for v, s in zip(test_loss, stopped)],
+      test_accuracy=[float(v) if s is None else math.nan for v, s in zip(test_acc, stopped)],
+      seconds_per_step=seconds_per_step,
+      compile_seconds=sum(c.seconds for c in program.compiled),
+  )
+
+
 def run_loop(config: TrainConfig, program: Program, indices: Any, *, eval_data: tuple,
              test_data: tuple, desc: str, progress: bool = True,
              log: Optional[MetricsLog] = None, resume: Optional[dict[str, Any]] = None,
@@ -478,8 +516,7 @@ def run_loop(config: TrainConfig, program: Program, indices: Any, *, eval_data: 
   of the same form (the whole budget's loss array, unfilled past ``step``).
   """
   runs = program.num_runs
-  window = metrics.default_window(config.steps)
-  step = int(resume["step"]) if resume else 0
+  start = step = int(resume["step"]) if resume else 0
   losses = np.zeros((config.steps, runs))
   evals: list[list[dict[str, float]]] = [[] for _ in range(runs)]
   if resume:
@@ -490,8 +527,8 @@ def run_loop(config: TrainConfig, program: Program, indices: Any, *, eval_data: 
   timed_seconds, timed_steps, elapsed = 0.0, 0, 0.0
 
   def evaluate_now(at: int) -> None:
-    loss, acc = evaluate_in_batches(program.evaluate, carry, *eval_data)
-    loss, acc = np.atleast_1d(loss), np.atleast_1d(acc)
+    loss, acc = (np.atleast_1d(v) for v in evaluate_in_batches(program.evaluate, carry,
+                                                                *eval_data))
     for r in range(runs):
       if stopped[r] is None:
         evals[r].append({"step": at, "train_loss": float(loss[r]),
@@ -504,50 +541,29 @@ def run_loop(config: TrainConfig, program: Program, indices: Any, *, eval_data: 
       evaluate_now(0)
     else:
       bar.update(step)
-    first = True
     for stop_at in _boundaries(config.steps, step, config.eval_every, checkpoint_every):
-      size = stop_at - step
-      tick = time.perf_counter()
-      compile_before = sum(c.seconds for c in program.compiled)
-      carry, chunk = program.advance(carry, indices[step:stop_at])
-      chunk = np.asarray(jax.device_get(chunk), np.float64).reshape(size, runs)
-      seconds = time.perf_counter() - tick - (sum(c.seconds for c in program.compiled)
-                                              - compile_before)
+      carry, losses[step:stop_at], seconds = _advance_chunk(program, carry,
+                                                            indices[step:stop_at])
       elapsed += seconds
-      if not first:
-        timed_seconds += seconds
-        timed_steps += size
-      first = False
-      losses[step:stop_at] = chunk
-      step = stop_at
-      for r in range(runs):
-        if stopped[r] is None:
-          stopped[r] = metrics.divergence_step(losses[:step, r], config.divergence_factor,
-                                               window)
+      if step > start:  # the first chunk is warm-up
+        timed_seconds, timed_steps = timed_seconds + seconds, timed_steps + stop_at - step
+      size, step = stop_at - step, stop_at
+      _mark_diverged(stopped, losses, step, config)
       if all(s is not None for s in stopped):
         break
       if step % config.eval_every == 0 or step == config.steps:
         evaluate_now(step)
-      alive = [r for r in range(runs) if stopped[r] is None]
-      bar.update(size, loss=float(min(evals[r][-1]["train_loss"] for r in alive)))
+      bar.update(size, loss=float(min(evals[r][-1]["train_loss"]
+                                      for r in range(runs) if stopped[r] is None)))
       if checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
         checkpoint(step, carry, {"step": step, "losses": losses, "evals": evals})
-    test_loss = test_acc = np.full(runs, np.nan)
+    test = (np.full(runs, np.nan), np.full(runs, np.nan))
     if any(s is None for s in stopped):
-      test_loss, test_acc = (np.atleast_1d(v) for v in
-                             evaluate_in_batches(program.evaluate, carry, *test_data))
-  statuses = ["ok" if s is None else f"diverged at step {s}" for s in stopped]
-  return LoopResult(
-      carry=carry,
-      losses=[(losses[:step, r] if s is None else losses[: s + 1, r]).tolist()
-              for r, s in enumerate(stopped)],
-      evals=evals, statuses=statuses,
-      test_loss=[float(v) if s is None else math.nan for v, s in zip(test_loss, stopped)],
-      test_accuracy=[float(v) if s is None else math.nan for v, s in zip(test_acc, stopped)],
-      seconds_per_step=(timed_seconds / timed_steps if timed_steps
-                        else elapsed / max(step - (int(resume["step"]) if resume else 0), 1)),
-      compile_seconds=sum(c.seconds for c in program.compiled),
-  )
+      test = tuple(np.atleast_1d(v) for v in
+                   evaluate_in_batches(program.evaluate, carry, *test_data))
+  seconds_per_step = (timed_seconds / timed_steps if timed_steps
+                      else elapsed / max(step - start, 1))
+  return _loop_result(carry, losses, evals, stopped, step, test, seconds_per_step, program)
 
 
 def place_eval(dp: parallel.DataParallel, x: np.ndarray, y: np.ndarray) -> tuple:
