@@ -23,7 +23,7 @@ import functools
 import inspect
 import types
 import warnings
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -518,6 +518,33 @@ any deep task we ran (see the README's Results). Read-only: copy it (``dict(PAPE
 to change a field."""
 
 
+def _bounded_combine(combine: Union[str, Callable[..., Any]],
+                     max_gain: Optional[Any]) -> Callable[..., Any]:
+  """The combine rule, with ``accelerate``'s gain bounded by ``max_gain`` when one is given
+  (only ``accelerate`` takes a bound, and a bound below 1 is refused)."""
+  combine_fn = _combine_fn(combine)
+  if max_gain is None:
+    return combine_fn
+  if combine != "accelerate":
+    raise ValueError(f"max_gain bounds combine='accelerate'; got combine={combine!r}.")
+  if isinstance(max_gain, (int, float)) and not max_gain >= 1:
+    raise ValueError(
+        f"max_gain must be at least 1, got {max_gain}: accelerate never shortens a step, "
+        "and a bound below 1 would.")
+  return functools.partial(_accelerate, max_gain=max_gain)
+
+
+def _trapezoid_over(point: Updates, value_fn: Callable[..., Any], extra_args: dict[str, Any],
+                    params: Params, delta: Updates, *, auto: bool, fraction: float,
+                    far_dtype: Optional[str]) -> Updates:
+  """The trapezoid rule over ``delta``: the incoming (point) updates and the gradient at the
+  far end, on the whole batch (fraction 1) or every k-th example (:func:`_far_args`); one
+  path for every far end."""
+  far_args = _far_args(value_fn, extra_args, auto=auto, fraction=fraction)
+  far = _far_end_gradient(value_fn, far_args, params, delta, dtype=far_dtype)
+  return _trapezoid(point, far)
+
+
 def average_gradient(
     inner: optax.GradientTransformation,
     *,
@@ -622,16 +649,8 @@ def average_gradient(
   estimators.check_estimator(estimator, num_points)
   _check_choice("update_range", update_range, RANGES)
   _check_choice("accumulate", accumulate, ACCUMULATORS)
-  combine_fn = _combine_fn(combine)
+  combine_fn = _bounded_combine(combine, max_gain)
   auto, fraction = _check_far_end(far_batch_fraction, far_dtype, estimator, update_range)
-  if max_gain is not None:
-    if combine != "accelerate":
-      raise ValueError(f"max_gain bounds combine='accelerate'; got combine={combine!r}.")
-    if isinstance(max_gain, (int, float)) and not max_gain >= 1:
-      raise ValueError(
-          f"max_gain must be at least 1, got {max_gain}: accelerate never shortens a step, "
-          "and a bound below 1 would.")
-    combine_fn = functools.partial(_accelerate, max_gain=max_gain)
   inner = optax.with_extra_args_support(inner)
   average = _average_gradient_fn(estimator, num_points)
   tracker = scale_by_average_gradient(
@@ -668,11 +687,8 @@ def average_gradient(
       )
       delta = _scale_tree(predicted, span)
       if estimator == "trapezoid":
-        # One path for every far end: the incoming (point) updates and the gradient at the
-        # far end, on the whole batch (fraction 1) or every k-th example.
-        far_args = _far_args(value_fn, extra_args, auto=auto, fraction=fraction)
-        far = _far_end_gradient(value_fn, far_args, params, delta, dtype=far_dtype)
-        avg = _trapezoid(point, far)
+        avg = _trapezoid_over(point, value_fn, extra_args, params, delta, auto=auto,
+                              fraction=fraction, far_dtype=far_dtype)
       else:
         avg = average(_bind_value_fn(value_fn, extra_args), params, delta)
     else:
