@@ -30,7 +30,7 @@ together in one compiled program (:func:`avggrad.sweep.sweep`: vmapped runs, sca
 ``--one-at-a-time`` trains them one by one with :func:`avggrad.training.train` (the same
 curves, see ``tests/test_sweep.py``). A task or grid may set ``"batched": false`` to train
 one run at a time where batching is slower: on CPU, vmapped convolutions (one kernel per
-run) ran 2-3x slower than the same runs one by one (``benchmarks/harness_speed.py``).
+run) ran 2-3x slower than the same runs one by one (``benchmarks/probes/harness_speed.py``).
 Per-run step times are not measured by a sweep; wall-clock to target uses the interleaved
 single-step times of ``benchmarks/overheads.py``.
 

@@ -267,7 +267,7 @@ def test_runner_tasks_take_several_globs_and_shard_the_selection(tmp_path, fake_
 def test_gain_probe_reports_what_accelerate_did():
   import jax
   from avggrad import transforms
-  from benchmarks import gain_stats
+  from benchmarks.probes import gain_stats
   point = {"a": np.array([1.0, -1.0, 2.0, 0.5]), "b": np.array([[1.0, 1.0]])}
   average = {"a": np.array([3.0, -2.0, 1.0, -1.0]), "b": np.array([[4.0, 1.0]])}
   records = []

@@ -16,7 +16,7 @@ XLA does not free one end's values before the other end has caught up.
 
 Usage::
 
-  python -m benchmarks.factorized_memory [--depth 16] [--width 128] [--batch 128]
+  python -m benchmarks.probes.factorized_memory [--depth 16] [--width 128] [--batch 128]
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Prints, for a small MLP with several activations and a random step direction, th
 error of the point gradient, the trapezoid rule and the factorized estimator at step scales
 0.2, 0.1, 0.05, 0.025. Usage::
 
-  python -m benchmarks.estimator_order
+  python -m benchmarks.probes.estimator_order
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ Figures are means over the first, middle and last thirds of training.
 
 Usage::
 
-  python -m benchmarks.gain_stats benchmarks/grids/fine.json --task fmnist-mlp16-tanh-glorot
+  python -m benchmarks.probes.gain_stats benchmarks/grids/fine.json --task fmnist-mlp16-tanh-glorot
       [--steps 600] [--out benchmarks/results/fine/gain_stats.json]
 """
 

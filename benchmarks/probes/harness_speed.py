@@ -8,7 +8,7 @@ All in this process, compile included, as the benchmark runner uses them.
 
 Usage::
 
-  python -m benchmarks.harness_speed --grid benchmarks/grids/fine.json \\
+  python -m benchmarks.probes.harness_speed --grid benchmarks/grids/fine.json \\
       --task fmnist-mlp16-tanh-glorot --optimizer adam [--lrs 7] [--seeds 3] [--steps 1000]
 """
 

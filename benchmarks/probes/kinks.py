@@ -11,7 +11,7 @@ stop falling; against the composite reference it keeps falling (docs/factorizati
 
 Usage::
 
-  python -m benchmarks.kinks
+  python -m benchmarks.probes.kinks
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ about to make at initialisation on two deep plain MLPs (Fashion-MNIST, batch 128
 both correction terms relative to |g|; diag(H) is Hutchinson's estimate with 64 Rademacher
 probes. Usage::
 
-  python -m benchmarks.curvature_split [--data-dir ../shared/data]
+  python -m benchmarks.probes.curvature_split [--data-dir ../shared/data]
 """
 
 from __future__ import annotations
