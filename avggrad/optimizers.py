@@ -71,6 +71,28 @@ def muon(learning_rate: optax.ScalarOrSchedule, **options: Any) -> optax.Gradien
   return optax.contrib.muon(learning_rate, **({"consistent_rms": 0.2} | options))
 
 
+def _hidden_matrices(params: Any) -> Any:
+  """Muon's dimension numbers for the hidden weight matrices of ``params``; ``None`` (Muon's
+  AdamW part) for embeddings, the output head (a path naming ``embed`` or ``head``) and every
+  parameter that is not 2-D."""
+
+  def one(path: Any, x: Any) -> Any:
+    name = jax.tree_util.keystr(path)
+    if jax.numpy.ndim(x) != 2 or "embed" in name or "head" in name:
+      return None
+    return optax.contrib.MuonDimensionNumbers(reduction_axis=0, output_axis=1)
+
+  return jax.tree_util.tree_map_with_path(one, params)
+
+
+def muon_split(learning_rate: optax.ScalarOrSchedule, **options: Any
+               ) -> optax.GradientTransformation:
+  """Muon as it is normally used: Newton-Schulz orthogonalisation on the hidden weight
+  matrices only; embeddings, the output head, biases and other non-matrix parameters take
+  Muon's AdamW part (Optax's ``muon_weight_dimension_numbers``). Otherwise :func:`muon`."""
+  return muon(learning_rate, **({"muon_weight_dimension_numbers": _hidden_matrices} | options))
+
+
 def averaged(inner: Factory) -> Factory:
   """A factory of ``inner`` wrapped in :func:`avggrad.average_gradient` with its defaults
   (the recommended form); wrapper options (``span``, ``far_batch_fraction``, ``estimator``,
@@ -107,6 +129,7 @@ _BUILTIN_FACTORIES: dict[str, Factory] = {
     "lion": optax.lion,
     "adopt": optax.contrib.adopt,
     "muon": muon,
+    "muon-split": muon_split,
     "sophia": sophia,
     "sam": sam,
     "schedule-free-adamw": optax.contrib.schedule_free_adamw,

@@ -239,3 +239,33 @@ def test_a_value_fn_needing_a_batch_that_is_not_passed_is_a_clear_error():
   # Closing over the batch, with no batch=, works.
   closed = lambda p: loss(p, x)
   tx.update(jax.grad(closed)(params), tx.init(params), params, value_fn=closed)
+
+
+def test_muon_split_sends_embeddings_and_head_to_adamw():
+  """The registry's muon-split: the hidden matrix gets Muon's Newton-Schulz update (what
+  plain muon gives it), the head and the embedding get Muon's AdamW part (optax.adamw at the
+  same rate, Nesterov as Muon's default, no weight decay), the bias too."""
+  from avggrad import optimizers
+
+  key = jax.random.PRNGKey(0)
+  ks = jax.random.split(key, 8)
+  params = {"embed": {"embedding": jax.random.normal(ks[0], (5, 4))},
+            "hidden": [{"kernel": jax.random.normal(ks[1], (4, 4)),
+                        "bias": jax.random.normal(ks[2], (4,))}],
+            "head": {"kernel": jax.random.normal(ks[3], (4, 3))}}
+  grads = jax.tree.map(lambda p, k: jax.random.normal(k, p.shape), params,
+                       jax.tree.unflatten(jax.tree.structure(params), list(ks[4:8])))
+  split = optimizers.make_optimizer("muon-split", 1e-2)
+  updates, _ = split.update(grads, split.init(params), params)
+  plain = optimizers.make_optimizer("muon", 1e-2)
+  muon_updates, _ = plain.update(grads, plain.init(params), params)
+  adamw = optax.adamw(1e-2, weight_decay=0.0, nesterov=True)  # muon's default nesterov=True
+  adam_updates, _ = adamw.update(grads, adamw.init(params), params)
+  np.testing.assert_allclose(updates["hidden"][0]["kernel"], muon_updates["hidden"][0]["kernel"],
+                             rtol=1e-5)
+  for part in (("embed", "embedding"), ("head", "kernel")):
+    np.testing.assert_allclose(updates[part[0]][part[1]], adam_updates[part[0]][part[1]],
+                               rtol=1e-5)
+    assert not np.allclose(updates[part[0]][part[1]], muon_updates[part[0]][part[1]])
+  np.testing.assert_allclose(updates["hidden"][0]["bias"], adam_updates["hidden"][0]["bias"],
+                             rtol=1e-5)
