@@ -111,10 +111,25 @@ class Comparison:
       )
     if any(s.best_lr in edges for s in self.summaries) and len(self.lrs) > 1:
       lines.append("* best learning rate at the edge of the grid: extend the grid (--lrs)")
+    lines.append(self.fastest())
     lines.append(
         f"ms/step: one training step, all optimizers timed in turns in this process "
         f"({self.timing}); s to target = iters to target x ms/step")
     return "\n".join(lines)
+
+  def fastest(self) -> str:
+    """The line naming the fastest optimizer in time to target (and the fewest iterations)."""
+    reached = [s for s in self.summaries if math.isfinite(s.seconds_to_target)]
+    if not reached:
+      return "fastest in time to target: none reached it"
+    best = min(reached, key=lambda s: s.seconds_to_target)
+    fewest = min(reached, key=lambda s: s.median_iterations)
+    runner_up = [s.seconds_to_target for s in reached if s is not best]
+    margin = (f", {min(runner_up) / best.seconds_to_target:.2f}x ahead of the next"
+              if runner_up else "")
+    return (f"fastest in time to target: {best.optimizer} ({best.seconds_to_target:.2f} s"
+            f"{margin}); fewest iterations: {fewest.optimizer} "
+            f"({fewest.median_iterations:.0f})")
 
   def to_dict(self) -> dict[str, Any]:
     return {

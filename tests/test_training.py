@@ -127,6 +127,14 @@ def test_cli_compare_end_to_end(tmp_path, capsys):
   row = next(l for l in text.splitlines() if l.startswith("avg-rmsprop "))
   if math.isfinite(base["seconds_to_target"]) and math.isfinite(other["seconds_to_target"]):
     assert f"{other['seconds_to_target'] / base['seconds_to_target']:.2f}" in row.split()
+  # the line under the table names the fastest in time to target, from the same figures
+  reached = [s for s in results["summaries"] if math.isfinite(s["seconds_to_target"])]
+  fastest = next(l for l in text.splitlines() if l.startswith("fastest in time to target"))
+  if reached:
+    best = min(reached, key=lambda s: s["seconds_to_target"])
+    assert f"fastest in time to target: {best['optimizer']} (" in fastest
+  else:
+    assert fastest.endswith("none reached it")
   # two panels: loss against iterations and against seconds
   from matplotlib import image
   height, width = image.imread(str(out / "loss_curves.png")).shape[:2]
