@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import fnmatch
 import json
 import os
 import platform
@@ -54,7 +53,8 @@ def measure_task(grid: dict[str, Any], task: dict[str, Any], *, chunk: int = 10,
 def main(argv: Optional[list[str]] = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("grid")
-  parser.add_argument("--tasks", default="*")
+  parser.add_argument("--tasks", default="*",
+                      help="only tasks whose name matches one of these comma-separated globs")
   parser.add_argument("--optimizers", default="*",
                       help="only optimizers matching one of these comma-separated globs")
   parser.add_argument("--out", default=None, help="default: next to the grid's results")
@@ -79,7 +79,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                        f"{platform.machine()}, {os.cpu_count()} cores")
   tasks = results.setdefault("tasks", {})
   for task in grid["tasks"]:
-    if not fnmatch.fnmatch(task["name"], args.tasks):
+    if not run_lib.matches(task["name"], args.tasks):
       continue
     labels = [label for label in run_lib.task_optimizers(grid, task)
               if run_lib.matches(label, args.optimizers)]
