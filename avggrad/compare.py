@@ -44,6 +44,11 @@ def final_loss(result: RunResult) -> float:
   return protocol.score(result.losses, not result.diverged)
 
 
+TIE_MARGIN = 1.1
+"""A lead in time to target below this factor is called a tie: repeated step timings on one
+machine vary by about 10%."""
+
+
 @dataclasses.dataclass
 class OptimizerSummary:
   """One optimizer's figures at its best learning rate."""
@@ -125,8 +130,12 @@ class Comparison:
     best = min(reached, key=lambda s: s.seconds_to_target)
     fewest = min(reached, key=lambda s: s.median_iterations)
     runner_up = [s.seconds_to_target for s in reached if s is not best]
-    margin = (f", {min(runner_up) / best.seconds_to_target:.2f}x ahead of the next"
-              if runner_up else "")
+    margin = ""
+    if runner_up:
+      lead = min(runner_up) / best.seconds_to_target
+      margin = f", {lead:.2f}x ahead of the next"
+      if lead < TIE_MARGIN:
+        margin += f"; within {TIE_MARGIN - 1:.0%}, a tie at the step-time noise"
     return (f"fastest in time to target: {best.optimizer} ({best.seconds_to_target:.2f} s"
             f"{margin}); fewest iterations: {fewest.optimizer} "
             f"({fewest.median_iterations:.0f})")
