@@ -45,8 +45,8 @@ def final_loss(result: RunResult) -> float:
 
 
 TIE_MARGIN = 1.1
-"""A lead in time to target below this factor is called a tie: repeated step timings on one
-machine vary by about 10%."""
+"""The factor in time to target under which a lead is called a tie (repeated step timings on
+one machine vary by about 10%)."""
 
 
 @dataclasses.dataclass
