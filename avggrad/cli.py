@@ -187,8 +187,6 @@ MAIN_JOB_LRS = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 """The main job's learning-rate grid, shared by every optimizer (factor ~3): wide enough that
 every default optimizer's best rate is inside it (avg-rmsprop's near the bottom, schedule-free
 AdamW's near the top)."""
-"""The main job's learning-rate grid, shared by every optimizer (factor ~3; schedule-free
-AdamW's best sits near its top)."""
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

@@ -383,15 +383,12 @@ class Runner:
       return task["target"]
     fraction = float(self.grid.get("target_fraction", 0.8))
     config = task_config(self.grid, task)
-    baselines = {}
-    for label in self.grid["baselines"]:
-      if label not in task_optimizers(self.grid, task):
-        continue
-      lr = self.best_lr(task, label)
-      if lr is None:
-        return None
-      baselines[label] = {rate: [(r["losses"], r["status"] == "ok") for r in runs]
-                          for rate, runs in self.records(task, label).items()}
+    # Each baseline's rates with every seed done (as best_lr picks among them); the rule
+    # itself is protocol's, and it waits (None) while a baseline has no complete rate.
+    seeds = len(self.grid["seeds"])
+    baselines = {label: {rate: [(r["losses"], r["status"] == "ok") for r in runs]
+                         for rate, runs in self.records(task, label).items() if len(runs) >= seeds}
+                 for label in self.grid["baselines"] if label in task_optimizers(self.grid, task)}
     chosen = protocol.set_target(baselines, fraction, config.steps)
     if chosen is None:
       return None

@@ -163,7 +163,7 @@ def tuned_best(task_name: str, summary: dict[str, Any]) -> Optional[dict[str, An
   peer = performance_profile.best_peer(tuned, found)
   iters = tuned["optimizers"][peer]["median_iterations"]
   step = summary["optimizers"].get(SAME_STEP[peer], {}).get("step_seconds", math.nan)
-  return {"label": peer, "iterations": iters, "wall_seconds": iters * step}
+  return {"label": peer, "iterations": iters, "wall_seconds": protocol.seconds_to_target(iters, step)}
 
 
 def track(grid_path: str = GRIDS["track"], results_dir: Optional[str] = None,

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from avggrad.models import registry
-from avggrad.parallel import shard_examples
 from avggrad.models.mlp import MLP
+from avggrad.parallel import shard_examples
 
 KINDS: tuple[str, ...] = ("mlp", "conv")
 
