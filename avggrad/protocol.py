@@ -8,8 +8,14 @@ not ok).
 
 1. **Score** of a run: :func:`avggrad.metrics.final_loss`, the mean loss over the last 10% of
    the budget (infinite for a run that is not ok).
-2. **Best learning rate** of an optimizer (:func:`best_lr`): the lowest median score over
-   seeds; ties go to the smaller rate.
+2. **Best learning rate** of an optimizer, under one of two rules (:data:`RULES`):
+
+   - ``"final-loss"`` (:func:`best_lr`): the lowest median score over seeds; ties go to the
+     smaller rate. What the project's tables used first.
+   - ``"fastest"`` (:func:`fastest_lr`), AlgoPerf's rule: the rate whose median iterations to
+     the target is the fewest; ties go to the smaller rate, and a rate missing a seed does not
+     count. The field's reference rule for time to result (AlgoPerf takes each submission's
+     fastest trial).
 3. **Target** (:func:`target_loss`): the median over seeds of the smoothed loss a reference
    optimizer reaches at its best rate after ``fraction`` of the budget (a run that is not ok,
    or too short, counts as infinite).
@@ -50,6 +56,89 @@ def best_lr(scores: Mapping[float, Sequence[float]]) -> Optional[float]:
     return None
   medians = {float(lr): float(np.median(s)) for lr, s in scores.items()}
   return min(medians, key=lambda lr: (medians[lr], lr))
+
+
+#: The two rate rules, by name: ``"fastest"`` (AlgoPerf's, :func:`fastest_lr`) and
+#: ``"final-loss"`` (:func:`best_lr`).
+RULES = ("fastest", "final-loss")
+
+#: One line per rule, for the tables that name the rule they use.
+RULE_TEXT = {
+    "fastest": "rate rule: fastest (AlgoPerf: each optimizer at the rate with the fewest median "
+               "iterations to the target)",
+    "final-loss": "rate rule: final loss (each optimizer at the rate with the lowest median "
+                  "final loss)",
+}
+
+
+def check_rule(rule: str) -> str:
+  """``rule`` if it is one of :data:`RULES`; a ``ValueError`` naming the choices otherwise."""
+  if rule not in RULES:
+    raise ValueError(f"unknown rate rule {rule!r}; choose one of {', '.join(RULES)}.")
+  return rule
+
+
+def fastest_lr(iters: Mapping[float, Sequence[Optional[float]]],
+               seeds: Optional[int] = None) -> Optional[float]:
+  """AlgoPerf's rule: the learning rate whose median iterations to the target is the fewest.
+
+  A seed that missed the target (``None`` or infinite) counts as infinite in the median; ties
+  go to the smaller rate; a rate with fewer than ``seeds`` results (a seed still missing) does
+  not count. ``None`` when no counted rate has a finite median (the optimizer misses the
+  target at every rate it ran).
+
+  .. math::
+
+     r^\star = \arg\min_r \operatorname{median}_s T(r, s)
+
+  Args:
+    iters: ``{learning rate: [iterations to target per seed]}``, ``None`` for a miss.
+    seeds: how many seeds a rate needs to count (default: the most any rate has).
+
+  Returns:
+    The fastest rate, or ``None``.
+
+  Example (the final-loss rule would pick 1e-3, whose final loss is lower; see
+  :func:`best_lr`):
+    >>> fastest_lr({1e-3: [400, 420, 410], 3e-3: [150, None, 160], 1e-2: [90, 95]})
+    0.003
+  """
+  if not iters:
+    return None
+  need = max(len(v) for v in iters.values()) if seeds is None else int(seeds)
+  medians = {}
+  for lr, values in iters.items():
+    if len(values) < need:
+      continue
+    finite = [math.inf if v is None else float(v) for v in values]
+    medians[float(lr)] = float(np.median(finite))
+  finite_rates = {lr: m for lr, m in medians.items() if math.isfinite(m)}
+  if not finite_rates:
+    return None
+  return min(finite_rates, key=lambda lr: (finite_rates[lr], lr))
+
+
+def pick_lr(rule: str, scores: Mapping[float, Sequence[float]],
+            iters: Mapping[float, Sequence[Optional[float]]],
+            seeds: Optional[int] = None) -> Optional[float]:
+  """The rate ``rule`` picks: :func:`fastest_lr` of ``iters`` (falling back to
+  :func:`best_lr` of ``scores`` when no rate reaches the target, so that a table still has a
+  rate to show for a miss) or :func:`best_lr` of ``scores``.
+
+  Example (the two rules disagree: 3e-3 is faster, 1e-3 ends lower):
+    >>> scores = {1e-3: [0.30, 0.31], 3e-3: [0.35, 0.36]}
+    >>> iters = {1e-3: [400, 420], 3e-3: [150, 160]}
+    >>> pick_lr("fastest", scores, iters), pick_lr("final-loss", scores, iters)
+    (0.003, 0.001)
+  """
+  check_rule(rule)
+  if rule == "fastest":
+    fastest = fastest_lr(iters, seeds)
+    if fastest is not None:
+      return fastest
+  if seeds is not None:
+    scores = {lr: s for lr, s in scores.items() if len(s) >= seeds}
+  return best_lr(scores)
 
 
 def target_loss(runs: Sequence[tuple[Losses, bool]], fraction: float, steps: int) -> float:

@@ -20,8 +20,10 @@ Protocol, per task:
    results folder's ``targets.json`` before any other optimizer runs (the grid file is never
    written);
 3. every other optimizer runs at every learning rate and seed;
-4. whenever an optimizer's best learning rate sits at an edge of what it has run, the next
-   rungs of the ladder are run for it (up to ``max_extensions`` per side): on a geometric
+4. whenever an optimizer's best learning rate sits at an edge of what it has run, under either
+   rate rule (the lowest final loss, or AlgoPerf's fewest iterations to the target:
+   :func:`avggrad.protocol.fastest_lr`), the next rungs of the ladder are run for it (up to
+   ``max_extensions`` per side, or ``{"label": n, "*": n}`` per optimizer): on a geometric
    ladder (``"ladder": "geometric"``, e.g. 6 or 8 rates per decade) the next rates at the
    ladder's own spacing, otherwise x3 or /3 of the edge.
 
@@ -347,15 +349,41 @@ class Runner:
       lrs = lrs.get(label, lrs.get("*", self.grid["lrs"]))
     return [float(lr) for lr in lrs]
 
+  def fastest_lr(self, task: dict[str, Any], label: str) -> Optional[float]:
+    """:func:`avggrad.protocol.fastest_lr` (AlgoPerf's rule) among learning rates with every
+    seed done; ``None`` without a target or when no rate reaches it."""
+    target = task.get("target")
+    if target is None:
+      return None
+    steps = task_config(self.grid, task).steps
+    return protocol.fastest_lr(
+        {lr: [protocol.iterations(r["losses"], r["status"] == "ok", target, steps)
+              for r in records]
+         for lr, records in self.records(task, label).items()},
+        seeds=len(self.grid["seeds"]))
+
+  def edge_lr(self, task: dict[str, Any], label: str) -> Optional[float]:
+    """The rate to extend the ladder from: the final-loss rule's best rate or AlgoPerf's
+    fastest rate, whichever sits on an edge of what has run (the final-loss rate first)."""
+    ran = sorted(self.records(task, label))
+    picks = [self.best_lr(task, label), self.fastest_lr(task, label)]
+    for pick in picks:
+      if pick is not None and pick in (ran[0], ran[-1]):
+        return pick
+    return picks[0]
+
   def run_optimizer(self, task: dict[str, Any], label: str) -> None:
     lrs = self.lrs(task, label)
     self.run_lrs(task, label, lrs)
-    max_ext = int(self.grid.get("max_extensions", 2))
+    max_ext = self.grid.get("max_extensions", 2)
+    if isinstance(max_ext, dict):
+      max_ext = max_ext.get(label, max_ext.get("*", 2))
+    max_ext = int(max_ext)
     geometric = self.grid.get("ladder") == "geometric" and len(lrs) > 1
     ratio = (max(lrs) / min(lrs)) ** (1 / (len(lrs) - 1)) if geometric else None
     for _ in range(2 * max_ext):
       ran = sorted(self.records(task, label))
-      best = self.best_lr(task, label)
+      best = self.edge_lr(task, label)
       if best is None or len(ran) < 2:
         return
       below = sum(lr < min(lrs) for lr in ran)
