@@ -14,10 +14,11 @@ import argparse
 import dataclasses
 import json
 import sys
+import types
 from typing import Optional, Sequence
 
 from avggrad import data as data_lib
-from avggrad import models, optimizers, training
+from avggrad import models, optimizers, protocol, tasks, training
 
 
 def _positive_int(text: str) -> int:
@@ -166,18 +167,23 @@ def build_parser() -> argparse.ArgumentParser:
   p_cmp.add_argument("--target-fraction", type=float, default=0.8,
                      help="target = the baseline's smoothed loss after this fraction of the "
                           "budget, at its best learning rate")
+  p_cmp.add_argument("--rule", choices=protocol.RULES, default="fastest",
+                     help="how each optimizer's learning rate is picked: fastest (AlgoPerf: "
+                          "the fewest median iterations to the target) or final-loss (the "
+                          "lowest median final loss)")
   p_cmp.add_argument("--out", default="runs/compare",
                      help="folder for results.json, table.txt, loss_curves.png")
   return parser
 
 
 COMPARE_STEPS = 300
-TRAIN_OPTIMIZER = "avg-adam"
-"""``avggrad train``'s default optimizer: the recommended form, at its default rate 1e-3
-(trains every model at its defaults; the registry's ``avg-rmsprop`` carries momentum 0.9 and
-wants a 10x lower rate)."""
-MAIN_JOB = {"mlp": {"width": 64}}
-"""The main job's model (``avggrad compare`` with no options): the MLP's depth, width 64."""
+TRAIN_OPTIMIZER = training.DEFAULT_OPTIMIZER
+"""``avggrad train``'s default optimizer, :data:`avggrad.config.DEFAULT_OPTIMIZER` (the
+recommended form, at its default rate 1e-3: trains every model at its defaults; the registry's
+``avg-rmsprop`` carries momentum 0.9 and wants a 10x lower rate)."""
+MAIN_JOB = types.MappingProxyType({"mlp": types.MappingProxyType({"width": 64})})
+"""The main job's model (``avggrad compare`` with no options): the MLP's depth, width 64.
+Read-only."""
 MAIN_JOB_OPTIMIZERS = ("rmsprop", "rmsprop:momentum=0.9", "avg-rmsprop", "adam", "avg-adam",
                        "nadam", "schedule-free-adamw")
 """The main job's optimizers: the paper's RMSProp comparison, Adam and ``avggrad.adam``, and
@@ -249,13 +255,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       optimizers.parse_optimizer(spec)
     config = _config(args)
     config.validate()
-    train_data, test_data = training.load_splits(config)
-    training.warn_if_slow(config, train_data, runs=len(args.optimizers) * len(args.lrs)
+    task = tasks.for_config(config)
+    training.warn_if_slow(config, task, runs=len(args.optimizers) * len(args.lrs)
                           * len(args.seeds))
     comparison = compare_lib.compare(
         config, args.optimizers, args.lrs, args.seeds, target=args.target,
-        target_fraction=args.target_fraction, train_data=train_data, test_data=test_data,
-        progress=not args.no_progress, devices=args.devices, shard_params=args.shard_params)
+        target_fraction=args.target_fraction, task=task,
+        progress=not args.no_progress, devices=args.devices, shard_params=args.shard_params,
+        rule=args.rule)
     print(f"{config.dataset}: {config.model}, depth {config.depth}, width {config.width}, "
           f"{config.activation}, {config.init}, batch {config.batch_size}")
     print(comparison.table())

@@ -97,3 +97,45 @@ def test_an_unknown_rule_is_named():
     protocol.pick_lr("slowest", {}, {})
   assert protocol.check_rule("fastest") == "fastest"
   assert set(protocol.RULE_TEXT) == set(protocol.RULES)
+
+
+def test_compare_picks_each_optimizers_rate_by_the_rule_and_says_which(monkeypatch):
+  """``avggrad compare`` on the hand-made curves (training and timing replaced): the table's
+  first line names the rule, and each summary's rate is the one that rule picks."""
+  from avggrad import compare, sweep, timing
+  from avggrad.training import RunResult, TrainConfig
+
+  # The baseline "base" sets the target; "peer" has the curves above (rules disagree).
+  base_curves = {1e-3: [(0.01, TARGET), (0.01, TARGET)], 3e-3: [(0.02, 1.2), (0.02, 1.2)],
+                 1e-2: [(0.03, 1.4), (0.03, 1.4)]}
+  curves = {"base": base_curves, "peer": CURVES}
+
+  def fake_sweep(config, lrs, seeds, **kwargs):
+    return {(lr, s): RunResult(config={}, losses=descent(*curves[config.optimizer][lr][s]),
+                               evals=[], status="ok", test_loss=0.0, test_accuracy=0.0,
+                               seconds_per_step=1e-3, compile_seconds=0.0)
+            for lr in lrs for s in seeds}
+
+  monkeypatch.setattr(sweep, "sweep", fake_sweep)
+  monkeypatch.setattr(timing, "step_seconds", lambda config, specs, data, **kw: {
+      spec: {"seconds_per_step": 1e-3} for spec in specs})
+  config = TrainConfig(model="mlp", steps=STEPS)
+  figures_by_rule = {}
+  for rule in protocol.RULES:
+    result = compare.compare(config, ["base", "peer"], [1e-3, 3e-3, 1e-2], [0, 1],
+                             train_data=object(), test_data=object(), progress=False,
+                             batched=True, rule=rule)
+    assert result.table().splitlines()[0] == protocol.RULE_TEXT[rule]
+    assert result.to_dict()["rule"] == rule
+    figures_by_rule[rule] = {s.optimizer: s for s in result.summaries}
+  # The target: base's lowest-final-loss rate (1e-3) at 80% of the budget, on its floor.
+  assert result.target == pytest.approx(TARGET)
+  # Under final-loss: peer at 3e-3 (floor 0.20); fastest: 1e-2 (slope 0.04, its crossing
+  # comes first).
+  peer_final, peer_fast = figures_by_rule["final-loss"]["peer"], figures_by_rule["fastest"]["peer"]
+  assert peer_final.best_lr == 3e-3 and peer_fast.best_lr == 1e-2
+  assert peer_fast.iterations == [crossing(slope) for slope, _ in CURVES[1e-2]]
+  assert peer_fast.median_iterations < peer_final.median_iterations
+  with pytest.raises(ValueError, match="unknown rate rule"):
+    compare.compare(config, ["base"], [1e-3], [0], train_data=object(), test_data=object(),
+                    rule="slowest")
