@@ -1,12 +1,17 @@
 """Performance profiles and the best-peer table: time to target against the best free optimizer.
 
 For every selected task of a grid, each optimizer's time to the task's target is its median
-iterations to target at its own best learning rate (as in ``benchmarks.report``) times its
-interleaved step time (``overheads.json``); a run that diverged or missed the target counts
-as infinite time. The *best peer* of a task is the fastest of the peers (by default Adam,
-NAdam, schedule-free AdamW and Muon: what a user would pick instead of avggrad).
+iterations to target at the learning rate of one rate rule (as in ``benchmarks.report``:
+``fastest``, AlgoPerf's, or ``final-loss``) times its interleaved step time
+(``overheads.json``); a run that diverged or missed the target counts as infinite time. The
+*best peer* of a task is the fastest of the peers (by default Adam, NAdam, schedule-free AdamW
+and Muon: what a user would pick instead of avggrad), each at the rate the rule picks; Muon is
+``muon-split`` (Muon as usually set up) on a task where that ran, plain ``muon`` elsewhere.
+The optimizers of the grids given by ``--with`` (default: ``grids/muon_split.json``) join the
+tasks of the same name and target, their step times scaled to this grid's
+(:func:`benchmarks.headline.merge`).
 
-Outputs, from one command:
+Outputs, from one command, under each rate rule (``--rule``; default both, fastest first):
 
 * a per-task table: each optimizer's iterations and wall-clock relative to the task's best
   peer (the peer named in the row);
@@ -20,6 +25,7 @@ tasks left out are named with what they lack. Usage::
 
   python -m benchmarks.performance_profile benchmarks/grids/fine.json
       [--min-depth 8] [--peers adam,nadam,...] [--optimizers ...] [--out FOLDER]
+      [--rule fastest] [--with benchmarks/grids/muon_split.json]
 
 References:
   E. D. Dolan and J. J. More, Benchmarking optimization software with performance profiles,
@@ -34,26 +40,39 @@ import math
 import os
 from typing import Any, Optional, Sequence
 
+from avggrad import protocol
 from benchmarks import headline, report
 from benchmarks import run as run_lib
 
 PEERS = ("adam", "nadam", "schedule-free-adamw", "muon")
+# A peer's stand-in where it ran: Muon as usually set up (hidden matrices only).
+STAND_INS = {"muon": "muon-split"}
+EXTRA_GRIDS = (os.path.join(os.path.dirname(os.path.abspath(__file__)), "grids",
+                            "muon_split.json"),)
+
+
+def resolve(summary: dict[str, Any], label: str) -> str:
+  """``label``'s stand-in (:data:`STAND_INS`) where the task has it, else ``label``."""
+  stand_in = STAND_INS.get(label)
+  return stand_in if stand_in in summary["optimizers"] else label
 AVGGRAD = ("avg-adam-q", "avg-rmsprop-momentum")
 TAUS = (1.0, 1.25, 1.5, 2.0, 4.0)
 
 
 def select_tasks(grid_path: str, labels: Sequence[str], min_depth: int = 8,
-                 results_dir: Optional[str] = None
+                 results_dir: Optional[str] = None, rule: str = "fastest",
+                 extra: Sequence[str] = ()
                  ) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
-  """The (task name, summary) pairs where every label has a result and a step time, and a
-  line for each deep task left out, naming what it lacks."""
+  """The (task name, summary) pairs where every label (or its stand-in, :func:`resolve`) has
+  a result and a step time, and a line for each deep task left out, naming what it lacks."""
   kept, left = [], []
-  for _, task, summary in headline.summaries(grid_path, results_dir):
+  for _, task, summary in headline.summaries(grid_path, results_dir, rule=rule, extra=extra):
     if task.get("depth", 0) < min_depth:
       continue
     found = summary["optimizers"]
-    missing = [k for k in labels if k not in found]
-    untimed = [k for k in labels if k in found and math.isnan(found[k]["step_seconds"])]
+    missing = [k for k in labels if resolve(summary, k) not in found]
+    untimed = [k for k in labels if k not in missing
+               and math.isnan(found[resolve(summary, k)]["step_seconds"])]
     if missing or untimed:
       left.append(f"{task['name']}: " + "; ".join(
           part for part in (f"not run: {', '.join(missing)}" if missing else "",
@@ -68,10 +87,11 @@ def select_tasks(grid_path: str, labels: Sequence[str], min_depth: int = 8,
 
 
 def best_peer(summary: dict[str, Any], peers: Sequence[str]) -> str:
-  """The peer with the shortest wall-clock to target (fewest iterations on a tie)."""
+  """The peer with the shortest wall-clock to target (fewest iterations on a tie), each peer
+  by its stand-in where the task has it (:func:`resolve`); the label found is returned."""
   opts = summary["optimizers"]
-  return min((p for p in peers if p in opts),
-             key=lambda p: (opts[p]["wall_seconds"], opts[p]["median_iterations"]))
+  found = [resolve(summary, p) for p in peers if resolve(summary, p) in opts]
+  return min(found, key=lambda p: (opts[p]["wall_seconds"], opts[p]["median_iterations"]))
 
 
 def profile(times: dict[str, list[float]], taus: Sequence[float]) -> dict[str, list[float]]:
@@ -101,7 +121,9 @@ def best_peer_table(tasks: list[tuple[str, dict[str, Any]]], labels: Sequence[st
     base = summary["optimizers"][peer]
     head = (f"{peer}: {report.fmt_iters(base['median_iterations'])}, "
             f"{base['wall_seconds']:.2f} s")
-    cells = [headline.cell(summary, k, peer) for k in labels]
+    cells = [headline.cell(summary, resolve(summary, k), peer)
+             + (f" [{resolve(summary, k)}]" if resolve(summary, k) != k else "")
+             for k in labels]
     lines.append(f"| {name} | {head} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
@@ -139,19 +161,44 @@ def plot(profiles: dict[str, dict[str, list[float]]], taus: Sequence[float], pat
 
 
 def build(grid_path: str, labels: Sequence[str], peers: Sequence[str], min_depth: int = 8,
-          out: Optional[str] = None, results_dir: Optional[str] = None) -> str:
-  """The markdown (tables and the list of tasks left out); writes ``profile.png`` and
-  ``profile.md`` into ``out``."""
+          out: Optional[str] = None, results_dir: Optional[str] = None,
+          rules: Sequence[str] = protocol.RULES, extra: Sequence[str] = ()) -> str:
+  """The markdown (tables and the list of tasks left out) under each rate rule of ``rules``,
+  each section headed by the rule; writes ``profile.md`` and, for the first rule,
+  ``profile.png`` into ``out``."""
+  sections, figure = [], None
+  for rule in rules:
+    text, curves = _build_rule(grid_path, labels, peers, min_depth, results_dir, rule, extra)
+    sections.append(f"### {protocol.RULE_TEXT[rule][0].upper()}{protocol.RULE_TEXT[rule][1:]}"
+                    f"\n\n{text}")
+    figure = figure or curves
+  text = "\n\n".join(sections)
+  if out:
+    os.makedirs(out, exist_ok=True)
+    plot(*figure, os.path.join(out, "profile.png"))
+    with open(os.path.join(out, "profile.md"), "w") as f:
+      f.write(text + "\n")
+  return text
+
+
+def _build_rule(grid_path: str, labels: Sequence[str], peers: Sequence[str], min_depth: int,
+                results_dir: Optional[str], rule: str, extra: Sequence[str]
+                ) -> tuple[str, tuple[dict[str, dict[str, list[float]]], list[float]]]:
+  """One rule's markdown and its profile curves (for :func:`plot`)."""
   labels = list(dict.fromkeys([*peers, *labels]))
-  tasks, left = select_tasks(grid_path, labels, min_depth, results_dir)
+  tasks, left = select_tasks(grid_path, labels, min_depth, results_dir, rule, extra)
   if not tasks:
     raise ValueError("no task has results for every optimizer: " + "; ".join(left))
-  wall = {k: [s["optimizers"][k]["wall_seconds"] for _, s in tasks] for k in labels}
-  iters = {k: [s["optimizers"][k]["median_iterations"] for _, s in tasks] for k in labels}
+  wall = {k: [s["optimizers"][resolve(s, k)]["wall_seconds"] for _, s in tasks] for k in labels}
+  iters = {k: [s["optimizers"][resolve(s, k)]["median_iterations"] for _, s in tasks]
+           for k in labels}
   fine_taus = [1.0 + 0.01 * i for i in range(0, 901)]
+  stand_ins = [f"{k} is {v} on the tasks where that ran" for k, v in STAND_INS.items()
+               if k in labels]
   md = [f"Tasks ({len(tasks)}): {', '.join(name for name, _ in tasks)}.", "",
         "Iterations to target relative to the task's best peer (wall-clock in brackets; "
-        "best peer = fastest in wall-clock of " + ", ".join(peers) + "):", "",
+        "best peer = fastest in wall-clock of " + ", ".join(peers)
+        + "".join(f"; {t}" for t in stand_ins) + "):", "",
         best_peer_table(tasks, labels, peers), "",
         "Performance profile, wall-clock to target (fraction of tasks within tau of the "
         "fastest):", "", profile_table(profile(wall, TAUS), TAUS), "",
@@ -159,15 +206,9 @@ def build(grid_path: str, labels: Sequence[str], peers: Sequence[str], min_depth
         profile_table(profile(iters, TAUS), TAUS)]
   if left:
     md += ["", "Left out: " + "; ".join(left) + "."]
-  text = "\n".join(md)
-  if out:
-    os.makedirs(out, exist_ok=True)
-    plot({"wall-clock to target": profile(wall, fine_taus),
-          "iterations to target": profile(iters, fine_taus)}, fine_taus,
-         os.path.join(out, "profile.png"))
-    with open(os.path.join(out, "profile.md"), "w") as f:
-      f.write(text + "\n")
-  return text
+  curves = {f"wall-clock to target ({rule} rule)": profile(wall, fine_taus),
+            f"iterations to target ({rule} rule)": profile(iters, fine_taus)}
+  return "\n".join(md), (curves, fine_taus)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -180,10 +221,18 @@ def main(argv: Optional[list[str]] = None) -> None:
   parser.add_argument("--min-depth", type=int, default=8, help="only tasks at least this deep")
   parser.add_argument("--out", default=None,
                       help="folder for profile.png and profile.md (default: the grid's results)")
+  parser.add_argument("--rule", choices=protocol.RULES, default=None,
+                      help="one rate rule (default: both, fastest first; the figure shows the "
+                           "first)")
+  parser.add_argument("--with", dest="extra", action="append", default=None,
+                      help="a grid whose optimizers join the tasks of the same name and target "
+                           "(repeatable; default: grids/muon_split.json)")
   args = parser.parse_args(argv)
   out = args.out or os.path.dirname(run_lib.results_path(run_lib.load_grid(args.grid)))
+  extra = [p for p in (args.extra if args.extra is not None else EXTRA_GRIDS)
+           if os.path.abspath(p) != os.path.abspath(args.grid)]
   print(build(args.grid, args.optimizers.split(","), args.peers.split(","), args.min_depth,
-              out))
+              out, rules=[args.rule] if args.rule else protocol.RULES, extra=extra))
 
 
 if __name__ == "__main__":

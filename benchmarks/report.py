@@ -1,16 +1,21 @@
 """Report generator: turns a grid's results into a Markdown report with tables and plots.
 
-For every task of the grid: each optimizer's best learning rate (lowest median final loss over
-seeds), its iterations to the task's target (median, range, how many seeds reached it), the
-ratios against the same-core RMSProp and Adam baselines, the loss at the budget, wall-clock to
-target, the full learning-rate sweep, and a plot of the loss curves at the best learning rates
-with seed bands. A summary table and a ratio plot cover all tasks.
+For every task of the grid: each optimizer's learning rate under one rate rule (``--rule``:
+``fastest``, AlgoPerf's, the default: the fewest median iterations to the target;
+``final-loss``: the lowest median final loss; :mod:`avggrad.protocol`), with the other rule's
+rate and iterations beside it; its iterations to the task's target (median, range, how many
+seeds reached it), the ratios against the same-core RMSProp and Adam baselines, the loss at
+the budget, wall-clock to target, the full learning-rate sweep (final loss and iterations to
+target per rate), and a plot of the loss curves at the chosen learning rates with seed bands.
+A summary table and a ratio plot cover all tasks.
 
 Usage::
 
   python -m benchmarks.report benchmarks/grids/main.json [--overheads overheads.json]
+      [--rule final-loss]
 
-writes ``benchmarks/results/<grid name>/REPORT.md`` and its PNGs.
+writes ``benchmarks/results/<grid name>/REPORT.md`` and its PNGs (``REPORT-final-loss.md``
+and PNGs named ``*-final-loss.png`` under ``--rule final-loss``).
 """
 
 from __future__ import annotations
@@ -40,8 +45,12 @@ def fmt_ratio(value: float) -> str:
 
 
 def summarize_task(grid: dict[str, Any], task: dict[str, Any],
-                   records: list[dict[str, Any]]) -> dict[str, Any]:
-  """Per-optimizer figures of one task (only optimizers with every seed at some lr)."""
+                   records: list[dict[str, Any]], rule: str = "fastest") -> dict[str, Any]:
+  """Per-optimizer figures of one task (only optimizers with every seed at some lr), each at
+  the rate ``rule`` picks (:func:`avggrad.protocol.pick_lr`); ``rule_lrs`` holds both rules'
+  rates, ``other`` the other rule's rate and median iterations, ``iteration_sweep`` the
+  median iterations to target at every rate."""
+  protocol.check_rule(rule)
   seeds = grid["seeds"]
   target = task.get("target")
   config = run_lib.task_config(grid, task)
@@ -51,19 +60,25 @@ def summarize_task(grid: dict[str, Any], task: dict[str, Any],
   for r in records:
     if r["task"] == task["name"]:
       by_label.setdefault(r["optimizer"], {}).setdefault(r["lr"], []).append(r)
-  out: dict[str, Any] = {"target": target, "steps": steps, "window": window, "optimizers": {}}
+  out: dict[str, Any] = {"target": target, "steps": steps, "window": window, "rule": rule,
+                         "optimizers": {}}
   for label in run_lib.task_optimizers(grid, task):
     sweep = by_label.get(label, {})
     complete = {lr: rs for lr, rs in sweep.items() if len(rs) >= len(seeds)}
     if not complete:
       continue
-    scores = {lr: float(np.median([run_lib.final_loss(r) for r in rs]))
-              for lr, rs in complete.items()}
-    best = protocol.best_lr({lr: [run_lib.final_loss(r) for r in rs]
-                             for lr, rs in complete.items()})
-    runs = sorted(complete[best], key=lambda r: r["seed"])
-    iters = [protocol.iterations(r["losses"], r["status"] == "ok", target or None, steps)
-             for r in runs]
+    complete = {lr: sorted(rs, key=lambda r: r["seed"]) for lr, rs in complete.items()}
+    finals_by_lr = {lr: [run_lib.final_loss(r) for r in rs] for lr, rs in complete.items()}
+    scores = {lr: float(np.median(v)) for lr, v in finals_by_lr.items()}
+    iters_by_lr = {lr: [protocol.iterations(r["losses"], r["status"] == "ok", target or None,
+                                            steps) for r in rs]
+                   for lr, rs in complete.items()}
+    picks = {r: protocol.pick_lr(r, finals_by_lr, iters_by_lr, seeds=len(seeds))
+             for r in protocol.RULES}
+    best = picks[rule]
+    other = next(r for r in protocol.RULES if r != rule)
+    runs = complete[best]
+    iters = iters_by_lr[best]
     finals = [run_lib.final_loss(r) for r in runs]
     sps = float(np.median([r["seconds_per_step"] for r in runs]))
     out["optimizers"][label] = {
@@ -72,6 +87,11 @@ def summarize_task(grid: dict[str, Any], task: dict[str, Any],
         "edge": best in (min(complete), max(complete)),
         "lrs": sorted(complete),
         "sweep": {lr: scores[lr] for lr in sorted(scores)},
+        "iteration_sweep": {lr: metrics.median_iterations(iters_by_lr[lr])
+                            for lr in sorted(iters_by_lr)},
+        "rule_lrs": picks,
+        "other": {"rule": other, "lr": picks[other],
+                  "median_iterations": metrics.median_iterations(iters_by_lr[picks[other]])},
         "iterations": iters,
         "median_iterations": metrics.median_iterations(iters),
         "reached": sum(i is not None for i in iters),
@@ -235,41 +255,50 @@ def load(grid_path: str, results_dir: Optional[str] = None,
 
 
 def summarize_tasks(grid: dict[str, Any], records: list[dict[str, Any]],
-                    overheads: Optional[dict]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-  """(task, summary with wall-clock figures) for every task that has complete results."""
+                    overheads: Optional[dict], rule: str = "fastest"
+                    ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+  """(task, summary with wall-clock figures) for every task that has complete results, each
+  optimizer at the rate ``rule`` picks."""
   out = []
   for task in grid["tasks"]:
-    summary = summarize_task(grid, task, records)
+    summary = summarize_task(grid, task, records, rule)
     if summary["optimizers"]:
       add_wall_clock(task["name"], summary, overheads)
       out.append((task, summary))
   return out
 
 
-def header_lines(grid: dict[str, Any], grid_path: str, runs: int) -> list[str]:
-  """The report's title, provenance and metric."""
+def header_lines(grid: dict[str, Any], grid_path: str, runs: int,
+                 rule: str = "fastest") -> list[str]:
+  """The report's title, provenance, metric and rate rule."""
+  command = f"python -m benchmarks.report {os.path.relpath(grid_path)}" + (
+      "" if rule == "fastest" else f" --rule {rule}")
   lines = [f"# Benchmark report: `{grid['name']}`", ""]
   if grid.get("description"):
     lines += [grid["description"], ""]
   return lines + [
-      f"Generated by `python -m benchmarks.report {os.path.relpath(grid_path)}` from "
-      f"{runs} runs. Seeds: {grid['seeds']}; learning-rate ladder "
+      f"Generated by `{command}` from {runs} runs. Seeds: {grid['seeds']}; learning-rate ladder "
       f"{', '.join(f'{x:g}' for x in grid['lrs'])} (extended per optimizer while its best "
-      "sits at an edge); baselines: " + ", ".join(grid["baselines"]) + ".",
+      "(or AlgoPerf's fastest rate) sits at an edge); baselines: "
+      + ", ".join(grid["baselines"]) + ".",
       "",
       "Metric: iterations until the centered moving average of the minibatch training loss "
       "first reaches the task's target (fixed from the best baseline before the other "
       "optimizers ran, recorded in the grid file or beside the runs); *n.r.* = not reached "
-      "within the budget (counted as infinite in medians). Each optimizer at its own best "
-      "learning rate (lowest median final loss, the mean over the last 10% of steps). Ratios "
-      "< 1 mean fewer iterations than the baseline.",
+      "within the budget (counted as infinite in medians). Ratios < 1 mean fewer iterations "
+      "than the baseline.",
+      "",
+      f"**{protocol.RULE_TEXT[rule][0].upper()}{protocol.RULE_TEXT[rule][1:]}**; ties go to "
+      "the smaller rate. Each task's table gives the other rule's rate and median "
+      "iterations beside it (final loss: the mean over the last 10% of steps).",
       "",
   ]
 
 
 def summary_lines(names: list[str], summaries: list[dict], labels: list[str],
-                  overheads: Optional[dict], folder: str) -> list[str]:
-  """The cross-task summaries: ratio tables, the wall-clock source, overheads, the figure."""
+                  overheads: Optional[dict], folder: str, suffix: str = "") -> list[str]:
+  """The cross-task summaries: ratio tables, the wall-clock source, overheads, the figure
+  (``ratios<suffix>.png``)."""
   lines = []
   for key, title in SUMMARIES:
     lines += [f"## Summary: {title}", ""] + ratio_table(names, summaries, labels, key) + [""]
@@ -283,8 +312,8 @@ def summary_lines(names: list[str], summaries: list[dict], labels: list[str],
   lines += [f"Wall-clock to target = median iterations x time per step, from {timing}.", ""]
   if overheads:
     lines += overhead_tables(names, labels, overheads)
-  plot_ratios(names, summaries, labels, os.path.join(folder, "ratios.png"))
-  return lines + ["", "![ratios](ratios.png)", ""]
+  plot_ratios(names, summaries, labels, os.path.join(folder, f"ratios{suffix}.png"))
+  return lines + ["", f"![ratios](ratios{suffix}.png)", ""]
 
 
 def _optimizer_row(label: str, s: dict[str, Any]) -> str:
@@ -298,12 +327,25 @@ def _optimizer_row(label: str, s: dict[str, Any]) -> str:
           f" | {fmt_ratio(s['ratio_rmsprop'])} | {fmt_ratio(s['ratio_adam'])} | "
           f"{np.median(s['final_losses']):.4f} [{min(s['final_losses']):.4f}, "
           f"{max(s['final_losses']):.4f}] | {s['test_accuracy']:.3f} | {1e3 * sec:.2f} | "
-          f"{'n.r.' if math.isinf(wall) else f'{wall:.1f}'} |")
+          f"{'n.r.' if math.isinf(wall) else f'{wall:.1f}'} | "
+          f"{_other_cell(s)} |")
+
+
+def _other_cell(s: dict[str, Any]) -> str:
+  """The other rule's rate and median iterations ("same" when it picks the same rate)."""
+  other = s["other"]
+  if other["lr"] == s["best_lr"]:
+    return "same"
+  return f"{other['lr']:g}: {fmt_iters(other['median_iterations'])}"
 
 
 def task_lines(grid: dict[str, Any], name: str, summary: dict[str, Any],
-               folder: str) -> list[str]:
-  """One task's section: setup, per-optimizer figures, the learning-rate sweep, its plot."""
+               folder: str, suffix: str = "") -> list[str]:
+  """One task's section: setup, per-optimizer figures (at the rate of ``summary["rule"]``,
+  the other rule's beside them), the learning-rate sweeps (final loss, iterations to target),
+  its plot (``<task><suffix>.png``)."""
+  rule = summary.get("rule", "fastest")
+  other = next(r for r in protocol.RULES if r != rule)
   task = next(t for t in grid["tasks"] if t["name"] == name)
   config = run_lib.task_config(grid, task)
   lines = [f"## {name}", "",
@@ -321,10 +363,10 @@ def task_lines(grid: dict[str, Any], name: str, summary: dict[str, Any],
               + "; ".join(f"{label} {s['left_plateau']}/{len(s['runs'])}"
                           for label, s in summary["optimizers"].items()) + "."]
   lines += ["",
-            "| optimizer | best lr | iterations to target (median [min, max]) | reached | "
-            "vs RMSProp | vs Adam | final loss (median [min, max]) | test acc. | ms/step | "
-            "wall-clock to target (s) |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+            f"| optimizer | lr ({rule} rule) | iterations to target (median [min, max]) | "
+            "reached | vs RMSProp | vs Adam | final loss (median [min, max]) | test acc. | "
+            f"ms/step | wall-clock to target (s) | {other} rule: lr, iterations |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
   lines += [_optimizer_row(label, s) for label, s in summary["optimizers"].items()]
   lines += ["", "Learning-rate sweep (median final loss over seeds; inf = diverged):", ""]
   all_lrs = sorted({lr for s in summary["optimizers"].values() for lr in s["lrs"]})
@@ -333,28 +375,39 @@ def task_lines(grid: dict[str, Any], name: str, summary: dict[str, Any],
   for label, s in summary["optimizers"].items():
     cells = [f"{s['sweep'][lr]:.4f}" if lr in s["sweep"] else "" for lr in all_lrs]
     lines.append(f"| {label} | " + " | ".join(cells) + " |")
-  image = name.replace("/", "_") + ".png"
+  if summary["target"]:
+    lines += ["", "Median iterations to target per rate (n.r. = the median seed missed):", "",
+              "| optimizer | " + " | ".join(f"{lr:g}" for lr in all_lrs) + " |",
+              "|---|" + "---|" * len(all_lrs)]
+    for label, s in summary["optimizers"].items():
+      cells = [fmt_iters(s["iteration_sweep"][lr]) if lr in s["iteration_sweep"] else ""
+               for lr in all_lrs]
+      lines.append(f"| {label} | " + " | ".join(cells) + " |")
+  image = name.replace("/", "_") + suffix + ".png"
   plot_task(task, summary, os.path.join(folder, image))
   return lines + ["", f"![{name}]({image})", ""]
 
 
 def build_report(grid_path: str, results_dir: Optional[str] = None,
-                 overheads_path: Optional[str] = None) -> str:
-  """Writes ``REPORT.md`` (and its figures) into the grid's results folder; returns its path."""
+                 overheads_path: Optional[str] = None, rule: str = "fastest") -> str:
+  """Writes ``REPORT.md`` (``REPORT-<rule>.md`` for a rule other than ``fastest``) and its
+  figures into the grid's results folder; returns its path."""
+  protocol.check_rule(rule)
+  suffix = "" if rule == "fastest" else f"-{rule}"
   grid, folder, records, overheads = load(grid_path, results_dir, overheads_path)
-  lines = header_lines(grid, grid_path, len(records))
-  done = summarize_tasks(grid, records, overheads)
+  lines = header_lines(grid, grid_path, len(records), rule)
+  done = summarize_tasks(grid, records, overheads, rule)
   names = [task["name"] for task, _ in done]
   summaries = [summary for _, summary in done]
   labels = [lab for lab in grid["optimizers"] if any(lab in s["optimizers"] for s in summaries)]
   if summaries:
-    lines += summary_lines(names, summaries, labels, overheads, folder)
+    lines += summary_lines(names, summaries, labels, overheads, folder, suffix)
   else:
     lines.append("No complete results yet.")
   for name, summary in zip(names, summaries):
-    lines += task_lines(grid, name, summary, folder)
-  lines.append("`*` best learning rate at the edge of the ladder run for that optimizer.")
-  report = os.path.join(folder, "REPORT.md")
+    lines += task_lines(grid, name, summary, folder, suffix)
+  lines.append("`*` the rule's learning rate at the edge of the ladder run for that optimizer.")
+  report = os.path.join(folder, f"REPORT{suffix}.md")
   with open(report, "w") as f:
     f.write("\n".join(lines) + "\n")
   return report
@@ -367,8 +420,11 @@ def main(argv: Optional[list[str]] = None) -> None:
   parser.add_argument("--overheads", default=None,
                       help="overheads.json from benchmarks.overheads (default: next to the "
                            "results), used for wall-clock to target")
+  parser.add_argument("--rule", choices=protocol.RULES, default="fastest",
+                      help="the rate rule: fastest (AlgoPerf: fewest median iterations to the "
+                           "target) or final-loss (lowest median final loss)")
   args = parser.parse_args(argv)
-  print(build_report(args.grid, args.results_dir, args.overheads))
+  print(build_report(args.grid, args.results_dir, args.overheads, args.rule))
 
 
 if __name__ == "__main__":
