@@ -12,9 +12,11 @@ Three reports, each from one command:
   the interleaved step time of ``benchmarks/overheads.py``); the performance profile over
   tau in [1, 4] (each task's fastest *self-tuning* entry is the reference; a miss counts as
   infinite) and its area, normalised to 1, as AlgoPerf scores. Beside it, each entry against
-  the tuned best peer of the fine grid (the fastest of Adam, NAdam and schedule-free AdamW at
-  its own best rate; Muon, the fourth peer there, was never the fastest in wall-clock),
-  re-timed in the same process as the entries.
+  the tuned best peer of the fine grid (the peers grid on its tasks; ``muon-split`` joins
+  from ``grids/muon_split.json``): the fastest in wall-clock of Adam, NAdam, schedule-free
+  AdamW and Muon (``muon-split`` where it ran), each at the rate a rate rule picks, under both
+  rules (AlgoPerf's ``fastest`` first, then ``final-loss``), re-timed in the same process as
+  the entries.
 * ``robustness``: ``grids/selftuning_robustness.json``: median iterations to target at each
   initial scale (auto-adam) or rate (Adam, schedule-free AdamW) over three decades.
 
@@ -40,13 +42,14 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from avggrad import metrics, protocol
-from benchmarks import performance_profile, report
+from benchmarks import headline, performance_profile, report
 from benchmarks import run as run_lib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GRIDS = {name: os.path.join(HERE, "grids", f"{file}.json") for name, file in
          (("calibration", "selftuning_calibration"), ("track", "selftuning"),
-          ("robustness", "selftuning_robustness"), ("fine", "fine"), ("peers", "peers"))}
+          ("robustness", "selftuning_robustness"), ("fine", "fine"), ("peers", "peers"),
+          ("muon-split", "muon_split"))}
 TAU_MAX = 4.0
 
 
@@ -138,32 +141,48 @@ SAME_STEP = {"adam": "adam-1e-3", "nadam": "nadam-1e-3",
 
 
 @functools.cache
-def _tuned_summaries() -> dict[str, dict[str, Any]]:
-  """The fine grid's task summaries (and the peers grid's, for its tasks), by task name, read
-  once."""
+def _tuned_summaries(rule: str = "fastest") -> dict[str, dict[str, Any]]:
+  """The fine grid's task summaries (and the peers grid's, for its tasks), by task name, each
+  optimizer at the rate ``rule`` picks, ``muon-split`` merged in where it ran
+  (:func:`benchmarks.headline.merge`); read once per rule."""
   found: dict[str, dict[str, Any]] = {}
   for grid in (GRIDS["peers"], GRIDS["fine"]):  # the fine grid's win where both have a task
-    found |= {task["name"]: summary for task, summary in _load(grid)[1]}
+    found |= {task["name"]: summary for _, task, summary in headline.summaries(
+        grid, rule=rule, extra=[GRIDS["muon-split"]])}
   return found
 
 
-def tuned_best(task_name: str, summary: dict[str, Any]) -> Optional[dict[str, Any]]:
+def _step_here(peer: str, tuned: dict[str, Any], summary: dict[str, Any]) -> float:
+  """A tuned peer's step time in the track's process: its own entry's (:data:`SAME_STEP`), or
+  for a peer without one (Muon), its tuned step time scaled by Adam's step here over Adam's
+  there."""
+  if peer in SAME_STEP:
+    return summary["optimizers"].get(SAME_STEP[peer], {}).get("step_seconds", math.nan)
+  adam_here = summary["optimizers"].get(SAME_STEP["adam"], {}).get("step_seconds", math.nan)
+  adam_there = tuned["optimizers"].get("adam", {}).get("step_seconds", math.nan)
+  return tuned["optimizers"][peer]["step_seconds"] * adam_here / adam_there
+
+
+def tuned_best(task_name: str, summary: dict[str, Any],
+               rule: str = "fastest") -> Optional[dict[str, Any]]:
   """The tuned best peer of the fine (or peers) grid on a task: ``{"label", "iterations",
-  "wall_seconds"}``: the fastest of Adam, NAdam and schedule-free AdamW at its own best rate
-  (by the fine grid's figures), its wall-clock re-timed here (its median iterations x the
-  interleaved step time of the track's entry with the same step, ``summary``); ``None`` if
-  unknown."""
-  tuned = _tuned_summaries().get(task_name)
+  "wall_seconds"}``: the fastest in wall-clock of Adam, NAdam, schedule-free AdamW and Muon
+  (``muon-split`` where it ran; :data:`benchmarks.performance_profile.PEERS`), each at the
+  rate ``rule`` picks (by the fine grid's figures), its wall-clock re-timed here (its median
+  iterations x the step time of :func:`_step_here`, ``summary`` holding the track's entries);
+  ``None`` if unknown."""
+  tuned = _tuned_summaries(rule).get(task_name)
   if tuned is None:
     return None
-  found = [p for p in SAME_STEP if p in tuned["optimizers"]
-           and not math.isnan(tuned["optimizers"][p].get("wall_seconds", math.nan))]
+  opts = tuned["optimizers"]
+  found = [p for p in (performance_profile.resolve(tuned, p) for p in performance_profile.PEERS)
+           if p in opts and not math.isnan(opts[p].get("wall_seconds", math.nan))]
   if not found:
     return None
   peer = performance_profile.best_peer(tuned, found)
-  iters = tuned["optimizers"][peer]["median_iterations"]
-  step = summary["optimizers"].get(SAME_STEP[peer], {}).get("step_seconds", math.nan)
-  return {"label": peer, "iterations": iters, "wall_seconds": protocol.seconds_to_target(iters, step)}
+  iters = opts[peer]["median_iterations"]
+  return {"label": peer, "iterations": iters,
+          "wall_seconds": protocol.seconds_to_target(iters, _step_here(peer, tuned, summary))}
 
 
 def track(grid_path: str = GRIDS["track"], results_dir: Optional[str] = None,
@@ -193,7 +212,9 @@ def track(grid_path: str = GRIDS["track"], results_dir: Optional[str] = None,
     head = "| entry | area (wall-clock) | area (iterations) | reached | " + " | ".join(
         t["name"] for t, _ in complete) + " |"
     md += ["Median iterations to target (wall-clock in seconds); reached = seeds that reached "
-           "the target, of all; the last row is the fine grid's tuned best peer:", "", head,
+           "the target, of all; the last rows are the fine grid's tuned best peer under each "
+           "rate rule (fastest: AlgoPerf's, each peer at its fewest median iterations; final "
+           "loss: each at its lowest median final loss):", "", head,
            "|---|---|---|---|" + "---|" * len(complete)]
     for k in sorted(entries, key=lambda k: -area_wall[k]):
       reached = sum(s["optimizers"][k]["reached"] for _, s in complete)
@@ -202,15 +223,18 @@ def track(grid_path: str = GRIDS["track"], results_dir: Optional[str] = None,
                f"({_fmt(s['optimizers'][k]['wall_seconds'], 2)})" for _, s in complete]
       md.append(f"| {k} | {area_wall[k]:.3f} | {area_iters[k]:.3f} | {reached}/{seeds} | "
                 + " | ".join(cells) + " |")
-    best = [tuned_best(t["name"], s) for t, s in complete]
-    md.append("| tuned best peer (fine grid) | | | | " + " | ".join(
-        f"{b['label']}: {_fmt(b['iterations'])} ({_fmt(b['wall_seconds'], 2)})" if b else "n/a"
-        for b in best) + " |")
-    vs = {k: [s["optimizers"][k]["wall_seconds"] / b["wall_seconds"]
-              for (_, s), b in zip(complete, best) if b and b["wall_seconds"] > 0]
-          for k in entries}
-    md += ["", "Wall-clock against the tuned best peer, median over these tasks: "
-           + ", ".join(f"{k} {np.median(v):.2f}x" for k, v in vs.items() if v)]
+    best = {rule: [tuned_best(t["name"], s, rule) for t, s in complete]
+            for rule in protocol.RULES}
+    for rule in protocol.RULES:
+      md.append(f"| tuned best peer (fine grid, {rule} rule) | | | | " + " | ".join(
+          f"{b['label']}: {_fmt(b['iterations'])} ({_fmt(b['wall_seconds'], 2)})" if b
+          else "n/a" for b in best[rule]) + " |")
+    for rule in protocol.RULES:
+      vs = {k: [s["optimizers"][k]["wall_seconds"] / b["wall_seconds"]
+                for (_, s), b in zip(complete, best[rule]) if b and b["wall_seconds"] > 0]
+            for k in entries}
+      md += ["", f"Wall-clock against the tuned best peer ({rule} rule), median over these "
+             "tasks: " + ", ".join(f"{k} {np.median(v):.2f}x" for k, v in vs.items() if v)]
     if left:
       md += ["", f"Not yet complete: {', '.join(left)}."]
     md.append("")
