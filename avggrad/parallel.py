@@ -11,8 +11,9 @@ example of the batch (:func:`avggrad.transforms.select_far_examples`): with the 
 over ``data`` in contiguous blocks, each device keeps every k-th of its own examples, so the
 far end moves no examples between devices (``tests/sharding_check.py`` counts the
 collectives in the compiled step). With sharded parameters, :func:`shard_examples` keeps
-the models' activations on the ``data`` axis, so neither gradient moves activations with
-all-to-alls (:meth:`DataParallel.tracing` is the context the training loop traces in).
+the models' activations on the ``data`` axis in the training loop's step, so neither gradient
+moves activations with all-to-alls (:meth:`DataParallel.tracing`, :func:`examples_on`: the
+context the loop traces in); in a user's own code the models add no constraint.
 
 Example:
   >>> import jax.numpy as jnp
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import jax
 import numpy as np
@@ -54,30 +55,106 @@ def hlo_collectives(compiled_text: str) -> dict[str, int]:
           for op in COLLECTIVES}
 
 
-def shard_examples(x: jax.Array) -> jax.Array:
-  """``x`` with its leading (example) axis pinned to the ``data`` axis of the current mesh.
+_EXAMPLES_MESH = jax.make_user_context(default_value=None)
+# The mesh :func:`shard_examples` pins activations to, set by :func:`examples_on`. A JAX user
+# context: part of jit's cache key, so a function traced inside the context and the same
+# function traced outside it are two traces, never one reused for the other.
 
-  Inside a step traced under ``jax.set_mesh(mesh)`` or
-  ``jax.sharding.use_abstract_mesh(mesh.abstract_mesh)`` (:meth:`DataParallel.tracing`) with
-  a ``data`` axis, an activation's examples stay sharded as the batch is, and its other axes
-  are left to the partitioner (``P.UNCONSTRAINED``). Outside such a mesh, or when the examples
-  do not split over the axis, ``x`` is returned unchanged. FSDP codebases constrain
-  activations so: with sharded weights and few examples per device, XLA's partitioner may
-  otherwise lay activations out along the features and move them with all-to-alls (for
-  ``optax.adam`` at a small batch as for the average gradient's far end on every 4th
-  example; README, "Scaling out"). The models of ``avggrad.models`` call it on every
-  hidden activation.
+
+@contextlib.contextmanager
+def examples_on(mesh: Mesh) -> Iterator[None]:
+  """The context in which :func:`shard_examples` pins activations' examples to ``mesh``'s
+  ``data`` axis (and that sets ``mesh`` as the abstract mesh, as ``jax.set_mesh`` would for
+  tracing). :meth:`DataParallel.tracing` is this context over the loop's mesh.
+
+  Args:
+    mesh: a ``Mesh`` with a :data:`DATA_AXIS` axis (other axes, such as ``model``, are left to
+      the partitioner). Pinning applies where that axis is ``Auto``; with an ``Explicit``
+      axis the batch's sharding is in the types already and nothing is added.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    >>> pinned = lambda x: shard_examples(jnp.tanh(x))
+    >>> "sharding_constraint" in str(jax.make_jaxpr(pinned)(jnp.ones((4, 3))))
+    False
+    >>> with examples_on(mesh):
+    ...   "sharding_constraint" in str(jax.make_jaxpr(pinned)(jnp.ones((4, 3))))
+    True
+  """
+  if not isinstance(mesh, Mesh) or DATA_AXIS not in mesh.axis_names:
+    raise ValueError(f"examples_on needs a jax.sharding.Mesh with a {DATA_AXIS!r} axis, got "
+                     f"{mesh!r}.")
+  with _EXAMPLES_MESH(mesh), jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+    yield
+
+
+def _axis_is_auto(mesh: Any, axis: str) -> bool:
+  types = dict(zip(mesh.axis_names, mesh.axis_types))
+  return types.get(axis) == jax.sharding.AxisType.Auto
+
+
+def shard_examples(x: jax.Array) -> jax.Array:
+  """``x`` with its leading (example) axis pinned to the ``data`` axis, inside the training
+  loop's step only (:func:`examples_on`, :meth:`DataParallel.tracing`); ``x`` unchanged
+  anywhere else.
+
+  In the loop's step an activation's examples stay sharded as the batch is, and its other axes
+  are left to the partitioner (``P.UNCONSTRAINED``). FSDP codebases constrain activations so:
+  with sharded weights and few examples per device, XLA's partitioner may otherwise lay
+  activations out along the features and move them with all-to-alls (for ``optax.adam`` at a
+  small batch as for the average gradient's far end on every 4th example; README, "Scaling
+  out"). The models of ``avggrad.models`` call it on every hidden activation.
+
+  Why the loop's context and not the ambient mesh: the pinning is a choice of the loop (it
+  is what keeps the loop's FSDP step free of all-to-alls), so a model called in a user's code
+  does nothing: no mesh, ``jax.set_mesh`` with ``Auto`` or ``Explicit`` axes (where
+  ``P.UNCONSTRAINED`` is an error), inside ``jax.shard_map``, or with a user's own
+  activation shardings, the models are plain Flax modules. Reading the ambient mesh acted in
+  the user's code (and raised under ``Explicit`` axes and in ``shard_map``); constraining only
+  where the axis is ``Auto`` would still add constraints a user did not ask for; Flax's
+  logical-axis constraints keep their rules outside jit's cache key and would act again in
+  any user code whose rules bind the name. :func:`examples_on` is a JAX user context, so jit
+  retraces when it changes. Inside it, nothing is added where the ``data`` axis is not
+  ``Auto`` in the current abstract mesh (``Manual`` in a ``shard_map``, ``Explicit``), or
+  when the examples do not split evenly over it.
 
   Args:
     x: an activation whose leading axis indexes examples.
 
   Returns:
-    ``x``, constrained where a ``data`` mesh is set.
+    ``x``, constrained inside :func:`examples_on`.
   """
-  mesh = jax.sharding.get_abstract_mesh()
-  if DATA_AXIS not in mesh.axis_names or not x.ndim or x.shape[0] % mesh.shape[DATA_AXIS]:
+  mesh = _EXAMPLES_MESH.value
+  if mesh is None or not x.ndim or x.shape[0] % mesh.shape[DATA_AXIS]:
     return x
-  return jax.lax.with_sharding_constraint(x, P(DATA_AXIS, *[P.UNCONSTRAINED] * (x.ndim - 1)))
+  if not _axis_is_auto(mesh, DATA_AXIS):
+    return x
+  current = jax.sharding.get_abstract_mesh()
+  if DATA_AXIS in current.axis_names and not _axis_is_auto(current, DATA_AXIS):
+    return x
+  spec = P(DATA_AXIS, *[P.UNCONSTRAINED] * (x.ndim - 1))
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+def lookup_sharding(ids: jax.Array) -> Optional[P]:
+  """The ``out_sharding`` of an embedding lookup of ``ids`` (``nnx.Embed(ids, out_sharding=)``).
+
+  Under ``Explicit`` mesh axes (sharding in types, ``jax.set_mesh``), a lookup of ids sharded
+  over the batch has no unambiguous output sharding and JAX refuses it; the output is sharded
+  as ``ids`` are, its feature axis whole. ``None`` (JAX's own choice) wherever the ids' type
+  carries no sharding: no mesh, ``Auto`` axes, inside ``jax.shard_map``.
+
+  Args:
+    ids: integer ids.
+
+  Returns:
+    ``P(*ids_spec, None)`` when ``ids`` are sharded in their type, else ``None``.
+  """
+  spec = tuple(jax.typeof(ids).sharding.spec)
+  if all(s is None for s in spec):
+    return None
+  return P(*spec, *[None] * (ids.ndim - len(spec)), None)
 
 
 def data_mesh(devices: Union[None, int, Sequence[jax.Device]] = None) -> Mesh:
@@ -161,11 +238,11 @@ class DataParallel:
     return jax.device_put(x, self._sharding(self.batch_spec(np.ndim(x), batch_axis)))
 
   def tracing(self) -> Any:
-    """The context to trace a step in: this mesh as the abstract mesh, so that
-    :func:`shard_examples` keeps activations sharded over ``data``; nothing on one device."""
+    """The context to trace a step in: :func:`examples_on` this mesh, so that the models
+    keep activations sharded over ``data`` (:func:`shard_examples`); nothing on one device."""
     if self.mesh is None:
       return contextlib.nullcontext()
-    return jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh)
+    return examples_on(self.mesh)
 
   def constrain_batch(self, tree: Any, batch_axis: int = 0) -> Any:
     """Inside a jitted function: every leaf sharded over ``data`` along ``batch_axis``."""

@@ -1,4 +1,6 @@
-"""Models: shapes, parameter counts, no skip connections, initialiser variances, errors."""
+"""Models: shapes, parameter counts, no skip connections, initialiser variances, errors, and
+plain Flax modules under any mesh a user sets (the activation pinning only in the loop's
+context)."""
 
 from __future__ import annotations
 
@@ -8,8 +10,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from avggrad import models
-from avggrad.models import CNN, MLP, TextModel
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from avggrad import models, parallel
+from avggrad.models import CNN, MLP, ResNet, TextModel, TransformerLM
 
 
 def _num_params(model) -> int:
@@ -118,3 +122,76 @@ def test_unknown_names_list_the_valid_ones():
     CNN((8, 8, 1), 2, depth=1, pooling="sum", rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="expects 12 input features"):
     MLP(12, 2, depth=1, width=4, rngs=nnx.Rngs(0))(jnp.zeros((1, 13)))
+
+
+# Every model of avggrad.models, small: name -> (make, inputs for n examples, hidden
+# activations (each one avggrad.parallel.shard_examples call in the loop's context)).
+# tests/sharding_check.py runs the same cases on 8 devices.
+MODEL_CASES = {
+    "mlp": (lambda: MLP(12, 3, depth=3, width=8, rngs=nnx.Rngs(0)),
+            lambda n: jax.random.normal(jax.random.PRNGKey(1), (n, 12)), 3),
+    "cnn": (lambda: CNN((8, 8, 1), 3, depth=3, channels=4, rngs=nnx.Rngs(0)),
+            lambda n: jax.random.normal(jax.random.PRNGKey(1), (n, 8, 8, 1)), 3),
+    "resnet": (lambda: ResNet((8, 8, 1), 3, depth=2, channels=8, rngs=nnx.Rngs(0)),
+               lambda n: jax.random.normal(jax.random.PRNGKey(1), (n, 8, 8, 1)), 2),
+    "text-mlp": (lambda: TextModel(50, 2, kind="mlp", embed_dim=8, depth=2, width=8,
+                                   rngs=nnx.Rngs(0)),
+                 lambda n: jax.random.randint(jax.random.PRNGKey(1), (n, 8), 0, 50), 2),
+    "text-conv": (lambda: TextModel(50, 2, kind="conv", embed_dim=8, depth=2, width=8,
+                                    rngs=nnx.Rngs(0)),
+                  lambda n: jax.random.randint(jax.random.PRNGKey(1), (n, 8), 0, 50), 2),
+    "transformer": (lambda: TransformerLM(50, 8, dim=16, depth=2, heads=2, rngs=nnx.Rngs(0)),
+                    lambda n: jax.random.randint(jax.random.PRNGKey(1), (n, 8), 0, 50), 2),
+}
+
+
+def constraints(fn, x) -> int:
+  """How many sharding constraints ``fn(x)`` traces to."""
+  return str(jax.make_jaxpr(fn)(x)).count("sharding_constraint")
+
+
+def model_setups(model, x, devices: int):
+  """``(setup, output, constraints)`` for a model called as users call it: no mesh;
+  ``jax.set_mesh`` with Auto and with Explicit axes (the batch sharded over ``data``); inside
+  ``jax.shard_map`` over ``data``; and, for contrast, inside the training loop's context
+  (:func:`avggrad.parallel.examples_on`, Auto and Explicit), alone and around a shard_map."""
+  apply = jax.jit(lambda x: model(x))
+  rows = [("no mesh", apply(x), constraints(lambda x: model(x), x))]
+  for kind in ("Auto", "Explicit"):
+    mesh = jax.make_mesh((devices,), ("data",), axis_types=(getattr(jax.sharding.AxisType, kind),))
+    xb = jax.device_put(x, NamedSharding(mesh, P("data")))
+    mapped = jax.shard_map(lambda x: model(x), mesh=mesh, in_specs=P("data"), out_specs=P("data"))
+    with jax.set_mesh(mesh):
+      rows.append((f"set_mesh {kind}", apply(xb), constraints(lambda x: model(x), xb)))
+    rows.append((f"shard_map ({kind} mesh)", jax.jit(mapped)(xb), constraints(mapped, xb)))
+    with parallel.examples_on(mesh):
+      rows.append((f"loop context {kind}", apply(xb), constraints(lambda x: model(x), xb)))
+      rows.append((f"loop context {kind}, shard_map", jax.jit(mapped)(xb),
+                   constraints(mapped, xb)))
+  return rows
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_CASES))
+def test_models_are_plain_flax_modules_under_any_mesh(name):
+  """Issue 32: under jax.set_mesh with Explicit axes and inside jax.shard_map the models
+  raised (``P.UNCONSTRAINED`` ... no mesh axis_types are Auto). In user code every model adds
+  no constraint and gives the no-mesh output; only in the loop's context (Auto data axis)
+  does it pin each hidden activation (one constraint per hidden layer). One device here;
+  tests/sharding_check.py does the same on 8."""
+  make, inputs, hidden = MODEL_CASES[name]
+  model, x = make(), inputs(4)
+  rows = model_setups(model, x, devices=1)
+  reference = rows[0][1]
+  for setup, out, count in rows:
+    np.testing.assert_allclose(out, reference, rtol=1e-6, atol=1e-6, err_msg=setup)
+    expected = hidden if setup == "loop context Auto" else 0
+    assert count == expected, (setup, count, expected)
+
+
+def test_examples_on_needs_a_data_axis():
+  with pytest.raises(ValueError, match="'data' axis"):
+    with parallel.examples_on(jax.make_mesh((1,), ("model",))):
+      pass
+  with pytest.raises(ValueError, match="jax.sharding.Mesh"):
+    with parallel.examples_on(None):
+      pass

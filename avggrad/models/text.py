@@ -8,7 +8,7 @@ from flax import nnx
 
 from avggrad.models import registry
 from avggrad.models.mlp import MLP
-from avggrad.parallel import shard_examples
+from avggrad.parallel import lookup_sharding, shard_examples
 
 KINDS: tuple[str, ...] = ("mlp", "conv")
 
@@ -87,7 +87,7 @@ class TextModel(nnx.Module):
           f"TextModel expects integer token ids of shape (N, length), got {tokens.shape} "
           f"{tokens.dtype}."
       )
-    x = self.embed(tokens)
+    x = self.embed(tokens, out_sharding=lookup_sharding(tokens))
     if self.kind == "mlp":
       mask = (tokens != self.pad_id)[..., None].astype(x.dtype)
       pooled = (x * mask).sum(1) / jnp.maximum(mask.sum(1), 1.0)

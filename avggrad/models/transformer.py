@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from avggrad.models import registry
-from avggrad.parallel import shard_examples
+from avggrad.parallel import lookup_sharding, shard_examples
 
 
 class TransformerBlock(nnx.Module):
@@ -59,7 +59,8 @@ class TransformerLM(nnx.Module):
     self.head = nnx.Linear(dim, vocab_size, rngs=rngs)
 
   def __call__(self, tokens: jax.Array) -> jax.Array:
-    h = self.tokens(tokens) + self.positions(jnp.arange(tokens.shape[-1]))
+    h = (self.tokens(tokens, out_sharding=lookup_sharding(tokens))
+         + self.positions(jnp.arange(tokens.shape[-1])))
     mask = nnx.make_causal_mask(tokens)
     for block in self.blocks:
       h = shard_examples(block(h, mask))
