@@ -7,7 +7,7 @@ change a step really causes. This package provides its estimators
 :func:`adam`), and same-core baselines (:func:`rmsprop_baseline`, :func:`adam_baseline`).
 """
 
-from avggrad.step_length import AUTO_DEFAULTS, ScaleByAutoState, auto, auto_adam
+from avggrad.step_length import AUTO_DEFAULTS, ScaleByAutoState, auto, auto_adam, current_scale
 from avggrad.aliases import adam, adam_baseline, rmsprop, rmsprop_baseline
 from avggrad.estimators import ESTIMATORS, coverage, value_and_average_grad
 from avggrad.transforms import (
@@ -45,6 +45,7 @@ __all__ = [
     "auto_adam",
     "average_gradient",
     "coverage",
+    "current_scale",
     "rmsprop",
     "rmsprop_baseline",
     "scale_by_adam",

@@ -1,20 +1,21 @@
-r"""A step length set by the loss change each step measures: no learning rate to tune.
+r"""A step length set by the parabola each step measures along itself: no learning rate to tune.
 
 :func:`avggrad.auto` wraps any Optax optimizer. Its update :math:`u_t` (the inner learning rate
 included) is the direction and the initial step; a global scale :math:`s_t` multiplies it,
 :math:`\Delta_t = s_t u_t`. Every step measures, on every :math:`k`-th example of the
-minibatch (the same examples at both ends), the parabola of the loss along the step:
+minibatch, the parabola of the loss along the step from its first and second directional
+derivatives (``jax.jvp`` of ``jax.jvp``):
 
 .. math::
 
   p_t = -\nabla L_S(w_t) \cdot u_t, \qquad
-  c_t = \frac{2}{s_t^2}\bigl(L_S(w_t + \Delta_t) - L_S(w_t) + s_t p_t\bigr)
-  \approx u_t^\top H u_t ,
+  c_t = u_t^\top \nabla^2 L_S(w_t)\, u_t ,
 
-the slope (one forward-mode derivative) and the curvature (one more loss value) per unit
-scale. Exponential averages :math:`\bar p, \bar c` of the two parts (not of their ratio) give
-the scale at the minimum of the averaged parabola, :math:`s^* = \bar p / \bar c`, and the
-scale moves toward :math:`s^*/\kappa` in log space with a capped change per step:
+the slope and the curvature per unit scale, both exact (a curvature from the difference of
+two float32 losses is rounding noise on a short step). Exponential averages :math:`\bar p,
+\bar c` of the two parts (not of their ratio) give the scale at the minimum of the averaged
+parabola, :math:`s^* = \bar p / \bar c`, and the scale moves toward :math:`s^*/\kappa` in log
+space with a capped change per step:
 
 .. math::
 
@@ -22,8 +23,17 @@ scale moves toward :math:`s^*/\kappa` in log space with a capped change per step
   -\log \rho_{\downarrow}, \log \rho_{\uparrow}\bigr),
 
 (the growth cap doubles as a warmup from a small initial scale). Where the averaged curvature
-is not positive the scale grows at the cap; when the averaged parabola says the step raises
-the loss (:math:`s_t > 2 s^*`), the scale is cut to :math:`s^*/\kappa` at once.
+is not positive the scale grows at the cap. The parabola's verdict acts on the step it
+measured:
+
+- when it says the step raises the loss (:math:`s_t > 2 s^*`), the scale is cut to
+  :math:`s^*/\kappa` at once;
+- on an uphill direction (:math:`\bar p < 0`, or :math:`\bar p = 0 < \bar c`), where every
+  step raises it, the scale is cut by :math:`\rho_\downarrow`;
+- a step is applied at :math:`\min(s_t, s_{t+1})`: a cut shortens it at once, growth waits
+  for the next (measured) step;
+- the loss at the far end :math:`w_t + s_t u_t` is computed too: where it is not finite the
+  step is not applied at all (a zero update) and the scale is cut by :math:`\rho_\downarrow`.
 """
 
 from __future__ import annotations
@@ -34,13 +44,12 @@ from typing import Any, Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 import optax
-from optax import tree as otree
 
 from avggrad import transforms
 
 
 class ScaleByAutoState(NamedTuple):
-  """State of :func:`avggrad.auto`.
+  r"""State of :func:`avggrad.auto`.
 
   Attributes:
     scale: the current global scale :math:`s_t` of the inner update (shown by the CLI).
@@ -59,16 +68,43 @@ class ScaleByAutoState(NamedTuple):
 
 def _measure(value_fn: Callable[..., Any], params: Any, direction: Any,
              scale: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """``(p, c, loss change)`` along ``scale * direction``: the slope and curvature per unit
-  scale, from one forward-mode derivative at ``params`` and one loss at the far end."""
-  step = jax.tree.map(lambda d: (scale * d).astype(d.dtype), direction)
-  loss0, derivative = jax.jvp(value_fn, (params,), (step,))
-  far = jax.tree.map(lambda p, d: (p + d).astype(p.dtype), params, step)
-  change = value_fn(far) - loss0
-  safe = jnp.maximum(scale, jnp.finfo(jnp.float32).tiny)
-  slope = -derivative / safe
-  curvature = 2.0 * (change - derivative) / jnp.square(safe)
-  return slope.astype(jnp.float32), curvature.astype(jnp.float32), change
+  r"""``(p, c, far loss)``: the slope :math:`p = -\nabla L \cdot u` and curvature
+  :math:`c = u^\top H u` per unit scale along ``direction`` :math:`u`, and the loss at the far
+  end :math:`w + s u` of the step.
+
+  :math:`p` and :math:`c` are the first and second directional derivatives at ``params``
+  (``jax.jvp`` of ``jax.jvp``): exact, where a curvature from the difference of two float32
+  losses would be rounding noise on a short step. The far end's loss is only checked for
+  being finite.
+  """
+  along = jax.tree.map(lambda d, p: d.astype(p.dtype), direction, params)
+  first = lambda w: jax.jvp(value_fn, (w,), (along,))  # noqa: E731
+  (_, derivative), (_, second) = jax.jvp(first, (params,), (along,))
+  far = jax.tree.map(lambda p, d: (p + scale * d).astype(p.dtype), params, along)
+  return (-derivative).astype(jnp.float32), second.astype(jnp.float32), value_fn(far)
+
+
+def _check_hyperparameters(**values: Any) -> None:
+  """Clear errors for hyperparameters that would silently break the controller; only
+  concrete Python or NumPy numbers are checked (a traced value under
+  ``optax.inject_hyperparams`` passes through)."""
+  concrete = {k: float(v) for k, v in values.items()
+              if not isinstance(v, jax.core.Tracer) and jnp.ndim(v) == 0
+              and not callable(v)}
+  bounds = {
+      "decay": (lambda v: 0 <= v < 1, "in [0, 1): at 1 the averages never take a "
+                "measurement and the scale is frozen (0/0)"),
+      "max_cut": (lambda v: v >= 1, "at least 1: it is the most the scale shrinks in one "
+                  "step (a factor), below 1 a cut would grow it"),
+      "max_growth": (lambda v: v >= 1, "at least 1: it is the most the scale grows in one "
+                     "step (a factor), below 1 growth would shrink it"),
+      "target_ratio": (lambda v: v > 0, "positive: the scale aims at s*/target_ratio"),
+      "gain": (lambda v: v > 0, "positive: at 0 the scale never moves"),
+  }
+  for name, value in concrete.items():
+    ok, text = bounds[name]
+    if not ok(value):
+      raise ValueError(f"avggrad.auto: {name} must be {text}; got {name}={value}.")
 
 
 AUTO_DEFAULTS: types.MappingProxyType[str, float] = types.MappingProxyType({
@@ -98,7 +134,8 @@ def auto(
     -\log \rho_{\downarrow}, \log \rho_{\uparrow}\bigr).
 
   The scale starts at 1, so ``inner``'s learning rate is only the initial step. The
-  measurement costs one forward-mode derivative and one loss on a quarter of the minibatch
+  measurement costs a second-order forward-mode derivative and one loss (the far end's, only
+  checked for being finite) on a quarter of the minibatch
   (``far_batch_fraction``), when ``update`` receives ``batch=`` (and ``value_fn`` takes it);
   on the whole loss otherwise. :math:`\bar p, \bar c` are global scalars: under data
   parallelism one all-reduce each.
@@ -109,11 +146,11 @@ def auto(
       stops short of the line minimum: with momentum the next steps keep going the same way,
       so the greedy one-step minimum is too long (``target_ratio=0.7``, past the minimum,
       diverged on the development tasks). Calibrated once, on the development tasks.
-    decay: the exponential averages' decay.
+    decay: the exponential averages' decay, in :math:`[0, 1)`.
     gain: :math:`\gamma`, the fraction of the log distance to the aim moved per step.
-    max_growth: :math:`\rho_\uparrow`, the most the scale grows in one step.
-    max_cut: :math:`\rho_\downarrow`, the most it shrinks in one step (except the cut when
-      the averaged parabola says the step raises the loss).
+    max_growth: :math:`\rho_\uparrow \ge 1`, the most the scale grows in one step.
+    max_cut: :math:`\rho_\downarrow \ge 1`, the most it shrinks in one step (except the cut
+      when the averaged parabola says the step raises the loss).
     far_batch_fraction: measure on every :math:`k`-th example (``1/k``); ``"auto"`` is a
       quarter when ``update`` receives ``batch``; ``None`` or 1: the whole minibatch.
 
@@ -121,6 +158,13 @@ def auto(
     An ``optax.GradientTransformationExtraArgs`` whose ``update(updates, state, params, *,
     value_fn, **extra_args)`` needs ``params`` and ``value_fn``; its state
     (:class:`ScaleByAutoState`) holds the current ``scale``.
+
+  Raises:
+    ValueError: for a concrete ``decay`` outside :math:`[0, 1)`, ``max_cut`` or
+      ``max_growth`` below 1, or a ``target_ratio`` or ``gain`` that is not positive (a
+      value traced under ``optax.inject_hyperparams`` is not checked); and, at ``init`` or
+      ``update``, for parameters that ``optax.masked`` or ``optax.multi_transform`` cut to
+      a part (the loss needs all of them).
 
   Example:
     >>> import jax, jax.numpy as jnp, optax
@@ -139,11 +183,14 @@ def auto(
     M. Mutschler and A. Zell, Parabolic Approximation Line Search for DNNs (PAL), NeurIPS
     2020; the AlgoPerf benchmark's self-tuning rules (G. E. Dahl et al., 2023).
   """
+  _check_hyperparameters(target_ratio=target_ratio, decay=decay, gain=gain,
+                         max_growth=max_growth, max_cut=max_cut)
   auto_fraction, fraction = transforms._check_far_end(far_batch_fraction, None, "trapezoid",
                                                       "predicted")
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params: Any) -> ScaleByAutoState:
+    transforms._check_whole_params(params, "avggrad.auto")
     zero = jnp.zeros([], jnp.float32)
     return ScaleByAutoState(scale=jnp.ones([], jnp.float32), slope=zero, curvature=zero,
                             count=jnp.zeros([], jnp.int32), inner_state=inner.init(params))
@@ -151,6 +198,8 @@ def auto(
   def update_fn(updates: Any, state: ScaleByAutoState, params: Any = None, *,
                 value_fn: Optional[Callable[..., Any]] = None,
                 **extra_args: Any) -> tuple[Any, ScaleByAutoState]:
+    if params is not None:
+      transforms._check_whole_params(params, "avggrad.auto")
     transforms._require(params, value_fn, "avggrad.auto", updates, extra_args)
     extra_args = {k: v for k, v in extra_args.items() if k != "grad"}
     direction, inner_state = inner.update(updates, state.inner_state, params,
@@ -158,26 +207,34 @@ def auto(
     args = transforms._far_args(value_fn, extra_args, auto=auto_fraction, fraction=fraction)
     loss = transforms._bind_value_fn(value_fn, args)
     scale = state.scale
-    slope, curvature, _ = _measure(loss, params, direction, scale)
-    finite = jnp.isfinite(slope) & jnp.isfinite(curvature)
-    count = optax.safe_increment(state.count)
-    mean_slope = jnp.where(finite, decay * state.slope + (1 - decay) * slope, state.slope)
-    mean_curv = jnp.where(finite, decay * state.curvature + (1 - decay) * curvature,
+    slope, curvature, far_loss = _measure(loss, params, direction, scale)
+    measured = jnp.isfinite(slope) & jnp.isfinite(curvature)
+    finite = measured & jnp.isfinite(far_loss)
+    count = jnp.where(measured, optax.safe_increment(state.count), state.count)
+    mean_slope = jnp.where(measured, decay * state.slope + (1 - decay) * slope, state.slope)
+    mean_curv = jnp.where(measured, decay * state.curvature + (1 - decay) * curvature,
                           state.curvature)
-    correction = 1 - decay ** count.astype(jnp.float32)
+    correction = 1 - decay ** jnp.maximum(count, 1).astype(jnp.float32)
     p_bar, c_bar = mean_slope / correction, mean_curv / correction
     best = p_bar / jnp.where(c_bar > 0, c_bar, 1.0)
     aim = best / target_ratio
+    descent = p_bar > 0
+    unseen = (p_bar == 0) & (c_bar <= 0)  # nothing measured yet (or a zero direction)
     log_move = jnp.where(
-        (c_bar > 0) & (p_bar > 0),
-        jnp.clip(gain * jnp.log(jnp.maximum(aim, 1e-30) / scale),
-                 -jnp.log(max_cut), jnp.log(max_growth)),
-        jnp.where(p_bar > 0, jnp.log(max_growth), 0.0))  # no curvature seen: grow
+        descent,
+        jnp.where(c_bar > 0,
+                  jnp.clip(gain * jnp.log(jnp.maximum(aim, 1e-30) / scale),
+                           -jnp.log(max_cut), jnp.log(max_growth)),
+                  jnp.log(max_growth)),  # no curvature seen: grow
+        jnp.where(unseen, 0.0, -jnp.log(max_cut)))  # uphill: every step raises the loss
     new_scale = scale * jnp.exp(log_move)
-    rises = (c_bar > 0) & (p_bar > 0) & (scale > 2.0 * best)
+    rises = descent & (c_bar > 0) & (scale > 2.0 * best)
     new_scale = jnp.where(rises, jnp.minimum(new_scale, aim), new_scale)
     new_scale = jnp.where(finite, new_scale, scale / max_cut)  # a non-finite far end: shrink
-    step = jax.tree.map(lambda d: (scale * d).astype(d.dtype), direction)
+    # Act on the measurement now: a cut shortens this step already; growth waits for the
+    # next one (it has not been measured); a step whose far end is not finite is not taken.
+    applied = jnp.where(finite, jnp.minimum(scale, new_scale), 0.0)
+    step = jax.tree.map(lambda d: jnp.where(finite, applied * d, 0).astype(d.dtype), direction)
     return step, ScaleByAutoState(scale=new_scale.astype(jnp.float32),
                                   slope=mean_slope.astype(jnp.float32),
                                   curvature=mean_curv.astype(jnp.float32), count=count,
@@ -253,7 +310,7 @@ def current_scale(opt_state: optax.OptState) -> Optional[float]:
 
   Example:
     >>> import jax.numpy as jnp, avggrad
-    >>> avggrad.step_length.current_scale(avggrad.auto_adam().init(jnp.zeros(2)))
+    >>> avggrad.current_scale(avggrad.auto_adam().init(jnp.zeros(2)))
     1.0
   """
   is_auto = lambda x: isinstance(x, ScaleByAutoState)  # noqa: E731

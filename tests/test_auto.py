@@ -69,6 +69,143 @@ def test_averages_the_parts_not_the_ratio(x64):
   np.testing.assert_allclose(state.scale, p_bar / c_bar, rtol=1e-4)
 
 
+def test_a_step_whose_far_end_is_not_finite_is_not_applied(x64):
+  """On L = -w - log(2 - w) from 0, SGD(10) proposes u = 5, past the pole at 2: no step is
+  taken and the scale halves (max_cut 2) until the far end is finite (scale 1/4: w = 1.25);
+  that step is taken at the controller's next scale, from p = 2.5, c = u^2 L''(0) = 6.25."""
+  loss = lambda w: jnp.sum(-w - jnp.log(2.0 - w))
+  tx = avggrad.auto(optax.sgd(10.0))
+  w = jnp.zeros(1)
+  state = tx.init(w)
+  for expected_scale in (0.5, 0.25):
+    updates, state = tx.update(jax.grad(loss)(w), state, w, value_fn=loss)
+    assert float(updates[0]) == 0.0
+    np.testing.assert_allclose(state.scale, expected_scale, rtol=1e-7)
+  assert int(state.count) == 2  # the slope and curvature at w were finite and averaged
+  updates, state = tx.update(jax.grad(loss)(w), state, w, value_fn=loss)
+  best = 2.5 / 6.25
+  scale = 0.25 * (best / 2.0 / 0.25) ** 0.1  # gain 0.1 toward s*/kappa, kappa 2
+  np.testing.assert_allclose(state.scale, scale, rtol=1e-6)
+  np.testing.assert_allclose(updates, [5.0 * scale], rtol=1e-6)  # the cut applies at once
+  assert float(loss(w + updates)) < float(loss(w))
+
+
+def test_an_uphill_direction_is_cut():
+  """SGD with a negative rate on sum(w^2) goes uphill (p = -8 < 0 at w = (1, 1)): the scale
+  halves every step and each step is taken at the halved scale, w -> w (1 + 2 s): the loss
+  goes 2 -> 8 -> 18 -> 28.125 (it went to 1458 with a frozen scale)."""
+  loss = lambda w: jnp.sum(w**2)
+  tx = avggrad.auto(optax.sgd(-1.0), decay=0.0)
+  w = jnp.ones(2)
+  state = tx.init(w)
+  for scale in (0.5, 0.25, 0.125):
+    updates, state = tx.update(jax.grad(loss)(w), state, w, value_fn=loss)
+    np.testing.assert_allclose(updates, 2.0 * scale * w, rtol=1e-6)
+    np.testing.assert_allclose(state.scale, scale, rtol=1e-6)
+    w = w + updates
+  np.testing.assert_allclose(loss(w), 2 * 3.75**2, rtol=1e-6)
+  # A zero direction measures nothing: the scale stays.
+  tx = avggrad.auto(optax.sgd(1.0), decay=0.0)
+  _, state = tx.update(jnp.zeros(2), tx.init(w), w, value_fn=lambda v: jnp.sum(v**0))
+  assert float(state.scale) == 1.0
+
+
+def test_a_cut_is_capped_at_max_cut(x64):
+  """At lr = g'g / g'Ag the one-step minimum is at scale s* = 1; aiming at s*/10 with gain 1
+  would cut the scale tenfold, max_cut 2 halves it, and the step is taken at the halved scale
+  (no "rises" cut: s = 1 < 2 s*)."""
+  w, a, loss = _quadratic()
+  g = jax.grad(loss)(w)
+  lr = float(g @ g / (g @ a @ g))
+  tx = avggrad.auto(optax.sgd(lr), target_ratio=10.0, decay=0.0, gain=1.0, max_cut=2.0)
+  updates, state = tx.update(g, tx.init(w), w, value_fn=loss)
+  np.testing.assert_allclose(state.scale, 0.5, rtol=1e-6)
+  np.testing.assert_allclose(updates, -0.5 * lr * g, rtol=1e-6)
+
+
+def test_curvature_is_exact_where_a_loss_difference_is_rounding_noise():
+  """In float32, L = 1000 + w'Aw/2 along a 1e-4 SGD step: the loss change (~1e-7) is below
+  float32's resolution at 1000 (6e-5), yet the curvature c = lr^2 g'Ag (NumPy, float64)
+  comes out to float32 precision."""
+  w, a, quad = _quadratic()
+  loss = lambda v: 1000.0 + quad(v)
+  lr = 1e-4
+  tx = avggrad.auto(optax.sgd(lr), decay=0.0)
+  g = np.asarray(jax.grad(loss)(w), np.float64)
+  _, state = tx.update(jnp.asarray(g, jnp.float32), tx.init(w), w, value_fn=loss)
+  a64 = np.asarray(a, np.float64)
+  np.testing.assert_allclose(state.curvature, lr**2 * g @ a64 @ g, rtol=1e-5)
+  np.testing.assert_allclose(state.slope, lr * g @ g, rtol=1e-5)
+
+
+def test_curvature_on_a_tanh_mlp_matches_float64():
+  """At a 1e-5 rate on a tanh MLP, the float32 curvature of Adam's first step matches u'Hu
+  computed in float64 by another route (forward over reverse: a Hessian-vector product)."""
+  params, loss, batch = _mlp_problem()
+  tx = avggrad.auto(avggrad.adam_baseline(1e-5), decay=0.0, far_batch_fraction=None)
+  grad = jax.grad(loss)(params, batch)
+  _, state = tx.update(grad, tx.init(params), params, value_fn=loss, batch=batch)
+  inner = avggrad.adam_baseline(1e-5)
+  u, _ = inner.update(grad, inner.init(params), params)
+  with jax.enable_x64(True):
+    to64 = lambda t: jax.tree.map(lambda x: jnp.asarray(np.asarray(x, np.float64)), t)
+    p64, u64, x64_ = to64(params), to64(u), jnp.asarray(np.asarray(batch[0], np.float64))
+    f = lambda p: loss(p, (x64_, batch[1]))
+    hu = jax.jvp(jax.grad(f), (p64,), (u64,))[1]
+    expected = float(optax.tree.vdot(u64, hu))
+  np.testing.assert_allclose(state.curvature, expected, rtol=1e-3)
+
+
+def test_hyperparameters_are_checked():
+  for kwargs, name in (({"decay": 1.0}, "decay"), ({"decay": -0.1}, "decay"),
+                       ({"max_cut": 0.5}, "max_cut"), ({"max_growth": 0.9}, "max_growth"),
+                       ({"target_ratio": 0.0}, "target_ratio"), ({"gain": 0.0}, "gain")):
+    with pytest.raises(ValueError, match=f"{name} must be"):
+      avggrad.auto(optax.sgd(1.0), **kwargs)
+    with pytest.raises(ValueError, match=f"{name} must be"):
+      avggrad.auto_adam(**kwargs)
+  # Concrete values under inject_hyperparams are checked at init ...
+  with pytest.raises(ValueError, match="decay must be"):
+    optax.inject_hyperparams(avggrad.auto_adam)(decay=1.0).init(jnp.zeros(2))
+  # ... and traced ones pass through (the same compiled step takes a new value).
+  tx = optax.inject_hyperparams(avggrad.auto_adam)(decay=0.5, max_cut=2.0)
+  loss = lambda w: jnp.sum((w - 1.0) ** 2)
+  w = jnp.zeros(2)
+  step = jax.jit(lambda s: tx.update(jax.grad(loss)(w), s, w, value_fn=loss))
+  _, state = step(tx.init(w))
+  assert np.isfinite(float(avggrad.current_scale(state)))
+
+
+@pytest.mark.parametrize("wrap", ["masked", "multi_transform"])
+def test_partial_parameters_are_refused_with_a_clear_error(wrap):
+  params = {"a": jnp.ones(2), "b": jnp.ones(2)}
+  loss = lambda p: jnp.sum(p["a"] ** 2) + jnp.sum(p["b"] ** 2)
+  if wrap == "masked":
+    tx = optax.masked(avggrad.auto_adam(), {"a": True, "b": False})
+  else:
+    tx = optax.multi_transform({"x": avggrad.auto_adam(), "y": optax.sgd(1.0)},
+                               {"a": "x", "b": "y"})
+  with pytest.raises(ValueError, match="avggrad.auto cannot run inside optax.masked"):
+    tx.init(params)
+  # update checks too (a state made elsewhere): before the chain check, which would blame
+  # a transformation upstream.
+  inner = avggrad.auto_adam()
+  masked = {"a": params["a"], "b": optax.MaskedNode()}
+  with pytest.raises(ValueError, match="avggrad.auto cannot run inside optax.masked"):
+    inner.update(masked, inner.init({"a": params["a"]}), masked, value_fn=loss, grad=masked)
+
+
+def test_current_scale():
+  tx = avggrad.auto_adam()
+  w = jnp.zeros(2)
+  loss = lambda v: jnp.sum((v - 1.0) ** 2)
+  _, state = tx.update(jax.grad(loss)(w), tx.init(w), w, value_fn=loss)
+  assert avggrad.current_scale(state) == float(state.scale) != 1.0
+  chained = optax.chain(optax.identity(), optax.inject_hyperparams(avggrad.auto_adam)())
+  assert avggrad.current_scale(chained.init(w)) == 1.0
+  assert avggrad.current_scale(optax.adam(1e-3).init(w)) is None
+
+
 def _mlp_problem():
   params = helpers.mlp_params(jax.random.PRNGKey(0), [5, 16, 16, 3])
   x = jax.random.normal(jax.random.PRNGKey(1), (64, 5))
