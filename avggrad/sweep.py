@@ -38,7 +38,9 @@ import numpy as np
 from flax import nnx
 
 from avggrad import data as data_lib
-from avggrad import parallel, training
+from avggrad import loop, parallel, tasks
+from avggrad.config import RunResult, TrainConfig, make_tx
+from avggrad.tasks import Task
 
 Key = tuple[float, int]
 
@@ -47,62 +49,67 @@ def _stack(trees: Sequence[Any]) -> Any:
   return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
-def sweep_program(config: training.TrainConfig, train_data: data_lib.Dataset,
+def sweep_program(config: TrainConfig, task: Union[Task, data_lib.Dataset, None],
                   lrs: Sequence[float], seeds: Sequence[int], dp: parallel.DataParallel, *,
-                  scan: bool = True) -> tuple[training.Program, np.ndarray]:
-  """The :class:`avggrad.training.Program` of every (learning rate, seed) run, vmapped, and
-  each run's index into ``seeds``."""
+                  scan: bool = True) -> tuple[loop.Program, np.ndarray]:
+  """The :class:`avggrad.loop.Program` of every (learning rate, seed) run, vmapped, and
+  each run's index into ``seeds``. ``task``: a :class:`avggrad.tasks.Task`, or the training
+  split of the built-in task ``config`` names."""
+  task = tasks.as_task(config, task)
   dp.check_batch(config.batch_size)
   runs = [(float(lr), i) for lr in lrs for i in range(len(seeds))]
-  split = [nnx.split(training.make_model(config, train_data, nnx.Rngs(int(s))), nnx.Param, ...)
-           for s in seeds]
+  split = [nnx.split(task.make_model(nnx.Rngs(int(s))), nnx.Param, ...) for s in seeds]
   graphdef = split[0][0]
   params = dp.place_state(_stack([split[i][1] for _, i in runs]), runs_axis=True)
   rest = dp.place_state(_stack([split[i][2] for _, i in runs]), runs_axis=True)
   lr_array = jnp.asarray([lr for lr, _ in runs], jnp.float32)
-  opt_state = jax.jit(jax.vmap(lambda lr, p: training.make_tx(config, lr).init(p)))(
+  opt_state = jax.jit(jax.vmap(lambda lr, p: make_tx(config, lr).init(p)))(
       lr_array, params)
   opt_state = dp.place_state(opt_state, runs_axis=True)
 
   def one_run(lr, params, rest, opt_state, x, y):
-    return training.update_step(training.make_tx(config, lr), graphdef, params, rest,
-                                opt_state, x, y)
+    return loop.update_step(make_tx(config, lr), graphdef, params, rest, opt_state, x, y,
+                            task)
 
   def step(carry: Any, x: jax.Array, y: jax.Array) -> tuple[Any, jax.Array]:
     params, opt_state = carry
     params, opt_state, loss = jax.vmap(one_run)(lr_array, params, rest, opt_state, x, y)
     return (params, opt_state), loss
 
-  x_all, y_all = dp.place_data(train_data.x), dp.place_data(train_data.y)
-  advance, compiled = training.chunk_advance(step, x_all, y_all, dp, scan=scan, batch_axis=1)
+  x_all, y_all = loop.place_data(dp, task.train[0]), loop.place_data(dp, task.train[1])
+  advance, compiled = loop.chunk_advance(step, x_all, y_all, dp, scan=scan, batch_axis=1)
   evaluate = jax.jit(jax.vmap(
-      lambda p, s, r, x, y: training.eval_sums(graphdef, training.eval_params(p, s), r, x, y),
+      lambda p, s, r, x, y: loop.eval_sums(graphdef, loop.eval_params(p, s), r, x, y, task),
       in_axes=(0, 0, 0, None, None)))
-  program = training.Program(carry=(params, opt_state), advance=advance,
+  program = loop.Program(carry=(params, opt_state), advance=advance,
                              evaluate=lambda carry, x, y: evaluate(*carry, rest, x, y),
                              compiled=[compiled], data=(x_all, y_all), num_runs=len(runs))
   return program, np.asarray([i for _, i in runs])
 
 
 def sweep(
-    config: training.TrainConfig,
+    config: TrainConfig,
     lrs: Sequence[float],
     seeds: Sequence[int] = (0,),
     *,
+    task: Optional[Task] = None,
     train_data: Optional[data_lib.Dataset] = None,
     test_data: Optional[data_lib.Dataset] = None,
     progress: bool = True,
     scan: bool = True,
     devices: Union[None, int, Sequence[jax.Device]] = None,
     shard_params: bool = False,
-) -> dict[Key, training.RunResult]:
+) -> dict[Key, RunResult]:
   """Trains ``config`` at every learning rate and seed in one compiled program.
 
   Args:
     config: the configuration; its ``lr`` and ``seed`` are replaced by each run's.
     lrs: the learning rates (the peaks, with a schedule).
     seeds: the seeds (initial weights and minibatch order).
-    train_data, test_data: preloaded splits (loaded from ``config`` when omitted).
+    task: the model, loss and data (:class:`avggrad.tasks.Task`); ``None``: the built-in
+      task ``config`` names.
+    train_data, test_data: preloaded splits of the built-in task (loaded from ``config`` when
+      omitted; unused with ``task``).
     progress: report progress (a bar on a terminal, one line per evaluation otherwise).
     scan: run the steps between two evaluations as one ``lax.scan`` (``False``: one compiled
       call per step, all runs together; on CPU a scan over convolutions can be slower).
@@ -113,32 +120,28 @@ def sweep(
     ``{(lr, seed): RunResult}``; each result's ``seconds_per_step`` is the sweep's time per
     step divided by the number of runs (``batched_runs``).
   """
-  config.validate()
+  config.validate(builtin=task is None)
   if not lrs or not seeds:
     raise ValueError("sweep needs at least one learning rate and one seed.")
   for lr in lrs:
     if not (lr > 0 and math.isfinite(lr)):
       raise ValueError(f"learning rates must be positive numbers, got {lr}.")
-  if train_data is None or test_data is None:
-    loaded = training.load_splits(config)
-    train_data, test_data = train_data or loaded[0], test_data or loaded[1]
+  task = task if task is not None else tasks.for_config(config, train_data, test_data)
+  loop.check_data(config, task)
   dp = parallel.DataParallel.create(devices, shard_params)
-  program, seed_index = sweep_program(config, train_data, lrs, seeds, dp, scan=scan)
-  per_seed = np.stack([training.batch_indices(len(train_data), config.batch_size, config.steps,
-                                              int(s)) for s in seeds])
+  program, seed_index = sweep_program(config, task, lrs, seeds, dp, scan=scan)
+  per_seed = np.stack([loop.batch_indices(len(task), config.batch_size, config.steps, int(s))
+                       for s in seeds])
   # (steps, runs, batch): each run follows its seed's minibatch order
   indices = dp.place_batch(per_seed[seed_index].transpose(1, 0, 2), 2)
-  eval_x = train_data.x[: config.eval_examples]
-  eval_y = train_data.y[: config.eval_examples]
-  out = training.run_loop(
-      config, program, indices,
-      eval_data=training.place_eval(dp, eval_x, eval_y),
-      test_data=training.place_eval(dp, test_data.x, test_data.y),
+  out = loop.run_loop(
+      config, program, indices, eval_data=loop.eval_split(dp, task, config),
+      test_data=loop.held_out(dp, task),
       desc=f"{config.optimizer} ({len(lrs)} lr x {len(seeds)} seed)", progress=progress)
-  results: dict[Key, training.RunResult] = {}
+  results: dict[Key, RunResult] = {}
   for r, i in enumerate(seed_index):
     lr, seed = float(lrs[r // len(seeds)]), int(seeds[i])
-    results[(lr, seed)] = training.RunResult(
+    results[(lr, seed)] = RunResult(
         config=dataclasses.asdict(dataclasses.replace(config, lr=lr, seed=seed)),
         losses=out.losses[r], evals=out.evals[r], status=out.statuses[r],
         test_loss=out.test_loss[r], test_accuracy=out.test_accuracy[r],

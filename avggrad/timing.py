@@ -97,7 +97,7 @@ def step_seconds(config: Any, specs: Sequence[str], train_data: Any, *, lr: floa
 
   dp = dp or parallel.DataParallel(None)
   idx = [dp.place_batch(row) for row in np.arange(chunk * config.batch_size).reshape(
-      chunk, config.batch_size).astype(np.int32) % len(train_data.y)]
+      chunk, config.batch_size).astype(np.int32) % len(train_data)]
   steppers, sizes = [], {}
   for spec in specs:
     run = dataclasses.replace(config, optimizer=spec, lr=lr, seed=0)

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from avggrad import checkpoint, cli, data, training
+from avggrad import checkpoint, cli, data, parallel, training
 
 CONFIG = training.TrainConfig(optimizer="avg-adam", lr=3e-3, depth=2, width=16, steps=12,
                               batch_size=32, eval_every=4, eval_examples=100, limit=300)
@@ -142,3 +142,25 @@ def test_resume_refuses_another_data_order(tmp_path, splits):
   fewer = data.load("fashion_mnist_small", "train", limit=299)  # another order, same config
   with pytest.raises(checkpoint.CheckpointError, match="another data order"):
     training.train(CONFIG, **(kwargs | {"train_data": fewer}))
+
+
+def test_resume_of_an_older_format_says_so_and_what_to_do(tmp_path, splits):
+  """A checkpoint from before the constant-size record (its record kept the minibatch
+  indices, no data order) is refused as an older format, not as another data order."""
+  folder = tmp_path / "ckpt"
+  kwargs = dict(train_data=splits[0], test_data=splits[1], progress=False,
+                checkpoint_dir=str(folder), checkpoint_every=4)
+  training.train(CONFIG, **kwargs)
+  ckpt = checkpoint.Checkpointer(str(folder), dataclasses.asdict(CONFIG))
+  step = ckpt.latest_step()
+  program, _ = training.single_program(CONFIG, splits[0], parallel.DataParallel(None))
+  state, record = ckpt.restore(step, program.carry)
+  indices = training.batch_indices(len(splits[0]), CONFIG.batch_size, CONFIG.steps, CONFIG.seed)
+  old = {"step": step, "losses": [[0.0]] * step, "evals": record["evals"],
+         "indices": indices[:step].tolist()}  # the record as the older format wrote it
+  ckpt.save(step + 4, state, old)
+  ckpt.close()
+  with pytest.raises(checkpoint.CheckpointError, match="older format") as error:
+    training.train(CONFIG, **kwargs)
+  assert "another data order" not in str(error.value)
+  assert "new or empty checkpoint folder" in str(error.value)

@@ -33,7 +33,8 @@ is one function registered in ``RULES``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional, Sequence
+import types
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -395,8 +396,8 @@ ELEMENTWISE = frozenset({
     "igammac", "bessel_i0e", "bessel_i1e", "regularized_incomplete_beta", "zeta",
 })
 
-# Closed-form or special rules by primitive name.
-RULES: dict[str, Rule] = {
+# Closed-form or special rules by primitive name (read-only).
+RULES: Mapping[str, Rule] = types.MappingProxyType({
     "tanh": unary(secants.tanh),
     "logistic": unary(secants.logistic),
     "exp": unary(secants.exp),
@@ -420,7 +421,7 @@ RULES: dict[str, Rule] = {
     "reduce_min": _selection,
     "reduce_window_max": _selection,
     "reduce_window_min": _selection,
-}
+})
 
 # Rules for elementwise custom-JVP functions of one input, by the function's name.
 CUSTOM_JVP_RULES: dict[str, Callable[[Node], Optional[Rule]]] = {}

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+import types
+from typing import Callable, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
 
 Initializer = Callable[..., jax.Array]
 
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+ACTIVATIONS: Mapping[str, Callable[[jax.Array], jax.Array]] = types.MappingProxyType({
     "tanh": jnp.tanh,
     "sigmoid": jax.nn.sigmoid,
     "relu": jax.nn.relu,
@@ -17,7 +18,8 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "gelu": jax.nn.gelu,
     "softplus": jax.nn.softplus,
     "selu": jax.nn.selu,
-}
+})
+"""The activations by name (read-only)."""
 
 _INITIALIZERS: dict[str, Callable[[], Initializer]] = {
     "glorot_uniform": jax.nn.initializers.glorot_uniform,
