@@ -6,10 +6,16 @@ alike; memory is XLA's allocation for one step (arguments, outputs, temporaries)
 dataset. Ratios are against same-core RMSProp measured in the same process. The report uses
 these times for wall-clock to target.
 
+``--sessions n`` repeats the whole measurement (compilation included) n times in the process,
+for the spread of close calls: each optimizer then records every session's seconds per step
+(``sessions``) and their ``min``/``median``/``max``, its ``seconds_per_step`` is the median,
+and ``ratio_rmsprop`` and the ratios of each session (``session_ratios``) are taken session by
+session, against the same session's base.
+
 Usage::
 
   python -m benchmarks.overheads benchmarks/grids/main.json [--tasks PATTERN]
-      [--optimizers 'adam,avg-*'] [--out benchmarks/results/main/overheads.json]
+      [--optimizers 'adam,avg-*'] [--sessions 5] [--out benchmarks/results/main/overheads.json]
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import dataclasses
 import json
 import os
 import platform
+import statistics
 from typing import Any, Optional
 
 import jax
@@ -29,7 +36,11 @@ from benchmarks import run as run_lib
 
 def measure_task(grid: dict[str, Any], task: dict[str, Any], *, chunk: int = 10,
                  number: int = 3, repeats: int = 5, data_dir: Optional[str] = None,
-                 labels: Optional[list[str]] = None) -> dict[str, dict[str, float]]:
+                 labels: Optional[list[str]] = None,
+                 sessions: int = 1) -> dict[str, dict[str, Any]]:
+  """Times ``task``'s optimizers interleaved, ``sessions`` times (see the module docstring)."""
+  if sessions < 1:
+    raise ValueError(f"sessions must be at least 1, got {sessions}")
   config = run_lib.task_config(grid, task)
   if data_dir and not config.data_dir and config.dataset != "fashion_mnist_small":
     config = dataclasses.replace(config, data_dir=data_dir)
@@ -37,17 +48,25 @@ def measure_task(grid: dict[str, Any], task: dict[str, Any], *, chunk: int = 10,
   train_data, _ = run_lib.load_splits(dataclasses.replace(config, limit=limit))
   labels = labels or run_lib.task_optimizers(grid, task)
   specs = [grid["optimizers"][label] for label in labels]
-  measured = step_seconds(config, specs, train_data, chunk=chunk, number=number,
-                          repeats=repeats, memory=True)
-  seconds = {label: measured[spec]["seconds_per_step"] for label, spec in zip(labels, specs)}
-  memory = {label: measured[spec]["bytes"] for label, spec in zip(labels, specs)}
-  base = seconds.get("rmsprop", next(iter(seconds.values())))
-  base_mem = memory.get("rmsprop", next(iter(memory.values())))
-  return {
-      label: {"seconds_per_step": seconds[label], "ratio_rmsprop": seconds[label] / base,
-              "bytes": memory[label], "memory_ratio_rmsprop": memory[label] / base_mem}
-      for label in labels
-  }
+  runs = []
+  for _ in range(sessions):
+    measured = step_seconds(config, specs, train_data, chunk=chunk, number=number,
+                            repeats=repeats, memory=True)
+    runs.append({label: measured[spec] for label, spec in zip(labels, specs)})
+  base_label = "rmsprop" if "rmsprop" in labels else labels[0]
+  out: dict[str, dict[str, Any]] = {}
+  for label in labels:
+    seconds = [run[label]["seconds_per_step"] for run in runs]
+    ratios = [run[label]["seconds_per_step"] / run[base_label]["seconds_per_step"]
+              for run in runs]
+    memory = runs[0][label]["bytes"]
+    out[label] = {"seconds_per_step": statistics.median(seconds),
+                  "ratio_rmsprop": statistics.median(ratios), "bytes": memory,
+                  "memory_ratio_rmsprop": memory / runs[0][base_label]["bytes"]}
+    if sessions > 1:
+      out[label] |= {"sessions": seconds, "session_ratios": ratios, "min": min(seconds),
+                     "median": statistics.median(seconds), "max": max(seconds)}
+  return out
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -63,6 +82,8 @@ def main(argv: Optional[list[str]] = None) -> None:
   parser.add_argument("--data-dir", default=os.environ.get("AVGGRAD_DATA_DIR"))
   parser.add_argument("--chunk", type=int, default=10)
   parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--sessions", type=int, default=1,
+                      help="repeat the whole timing this many times; record min/median/max")
   args = parser.parse_args(argv)
   grid = run_lib.load_grid(args.grid)
   unknown = run_lib.unmatched_patterns(grid, args.optimizers)
@@ -84,11 +105,14 @@ def main(argv: Optional[list[str]] = None) -> None:
     labels = [label for label in run_lib.task_optimizers(grid, task)
               if run_lib.matches(label, args.optimizers)]
     tasks[task["name"]] = measure_task(grid, task, chunk=args.chunk, repeats=args.repeats,
-                                       data_dir=args.data_dir, labels=labels)
+                                       data_dir=args.data_dir, labels=labels,
+                                       sessions=args.sessions)
     print(f"[{task['name']}]")
     for label, m in tasks[task["name"]].items():
       print(f"  {label:24s} {1e3 * m['seconds_per_step']:8.2f} ms/step  x{m['ratio_rmsprop']:.2f}"
-            f"  {m['bytes'] / 2**20:8.1f} MiB  x{m['memory_ratio_rmsprop']:.2f}", flush=True)
+            f"  {m['bytes'] / 2**20:8.1f} MiB  x{m['memory_ratio_rmsprop']:.2f}"
+            + (f"  sessions {1e3 * m['min']:.2f}/{1e3 * m['median']:.2f}/{1e3 * m['max']:.2f} ms"
+               " (min/median/max)" if "sessions" in m else ""), flush=True)
     with open(out, "w") as f:
       json.dump(results, f, indent=2)
   print(out)

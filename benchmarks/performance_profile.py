@@ -41,7 +41,7 @@ import os
 from typing import Any, Optional, Sequence
 
 from avggrad import protocol
-from benchmarks import headline, report
+from benchmarks import figures, headline, report
 from benchmarks import run as run_lib
 
 PEERS = ("adam", "nadam", "schedule-free-adamw", "muon")
@@ -156,7 +156,7 @@ def plot(profiles: dict[str, dict[str, list[float]]], taus: Sequence[float], pat
   axes[0].set_ylabel("fraction of tasks within tau")
   axes[-1].legend(fontsize=8, loc="lower right")
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  figures.save_png(fig, path)
   plt.close(fig)
 
 

@@ -29,6 +29,7 @@ from typing import Any, Optional
 import numpy as np
 
 from avggrad import data, metrics, protocol
+from benchmarks import figures
 from benchmarks import run as run_lib
 
 RMSPROP, ADAM = "rmsprop", "adam"
@@ -107,7 +108,10 @@ def summarize_task(grid: dict[str, Any], task: dict[str, Any],
     s["ratio_adam"] = protocol.ratio(s["median_iterations"], base_adam)
   # A target the baselines set without beating the uniform predictor (a plateau they never
   # leave) makes "iterations to target" measure noise around that loss, not progress.
-  out["chance_loss"] = chance = math.log(data.NUM_CLASSES[config.dataset])
+  # (A language model's classes are its vocabulary's words, not the dataset's labels.)
+  classes = (config.vocab_size if config.model == "text-lm"
+             else data.NUM_CLASSES[config.dataset])
+  out["chance_loss"] = chance = math.log(classes)
   out["degenerate"] = bool(target) and target > DEGENERATE * chance
   for s in out["optimizers"].values():
     s["left_plateau"] = sum(final < LEFT_PLATEAU * chance for final in s["final_losses"])
@@ -211,7 +215,7 @@ def plot_task(task: dict[str, Any], summary: dict[str, Any], path: str) -> None:
   ax.set_title(task["name"], fontsize=10)
   ax.legend(fontsize=7, ncol=2)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  figures.save_png(fig, path)
   plt.close(fig)
 
 
@@ -235,7 +239,7 @@ def plot_ratios(names: list[str], summaries: list[dict], labels: list[str], path
   ax.set_ylabel("iterations to target / same-core RMSProp\n(median; 4 = not reached)")
   ax.legend(fontsize=7, ncol=2)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  figures.save_png(fig, path)
   plt.close(fig)
 
 

@@ -42,7 +42,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from avggrad import metrics, protocol
-from benchmarks import headline, performance_profile, report
+from benchmarks import figures, headline, performance_profile, report
 from benchmarks import run as run_lib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -270,7 +270,7 @@ def plot(profiles: dict[str, dict[str, list[float]]], taus: Sequence[float], pat
   axes[0][0].set_ylabel("fraction of tasks within tau")
   axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  figures.save_png(fig, path)
   plt.close(fig)
 
 

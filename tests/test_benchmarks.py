@@ -176,6 +176,24 @@ def test_report_flags_a_target_at_the_uniform_predictors_loss(tmp_path, fake_tra
   assert "Degenerate target" in text and "task †" in text
 
 
+@pytest.mark.parametrize("fraction_of", [2, 1000])
+def test_a_language_models_uniform_predictor_is_over_its_vocabulary(tmp_path, fake_training,
+                                                                     fraction_of):
+  # The transformer LM predicts one of vocab_size words: its uniform predictor's loss is
+  # log(vocab_size), not log(2) of IMDb's sentiment labels. A target at 0.99 log(2) is far
+  # below that plateau (not degenerate); at 0.99 log(1000) it is on it.
+  grid_path = make_grid(tmp_path, target=0.99 * math.log(fraction_of), dataset="imdb_reviews")
+  grid = json.loads(open(grid_path).read())
+  grid["defaults"] |= {"model": "text-lm", "vocab_size": 1000, "max_len": 9}
+  open(grid_path, "w").write(json.dumps(grid))
+  run_lib.main([grid_path, "--results-dir", str(tmp_path / "results")])
+  grid = run_lib.load_grid(grid_path)
+  records = run_lib.read_results(str(tmp_path / "results" / "runs.jsonl"))
+  summary = report.summarize_task(grid, grid["tasks"][0], records)
+  assert summary["chance_loss"] == pytest.approx(math.log(1000))
+  assert summary["degenerate"] == (fraction_of == 1000)
+
+
 def test_grid_errors_name_the_problem(tmp_path):
   path = tmp_path / "g.json"
   path.write_text(json.dumps({"name": "x", "lrs": [1e-3], "seeds": [0], "optimizers": {},
@@ -212,6 +230,94 @@ def test_device_benchmark_writes_its_results_within_a_budget(tmp_path):
     assert set(row) == set(device.VARIANTS) and row["optax.adam"]["vs_optax_adam"] == 1.0
     assert all(v["seconds"] > 0 for v in row.values())
   assert "Step time relative to `optax.adam`" in (tmp_path / f"{name}.md").read_text()
+
+
+def test_device_benchmark_sweep_on_cpu(tmp_path, monkeypatch):
+  """The tuned sweep of benchmarks.device end to end at --quick sizes (two of its optimizers,
+  to keep the compilations few on CPU): every rate's iterations kept, both rules' rows, avg-muon
+  on its own part of the ladder."""
+  from avggrad import protocol
+  from benchmarks import device
+
+  monkeypatch.setattr(device, "PEERS", ["adam", "avg-muon"])
+  monkeypatch.setattr(device, "LADDERS", {"avg-muon": (1e-2, 1e-2)})
+  out = device.main(["--quick", "--budget", "600", "--parts", "sweep", "--out", str(tmp_path)])
+  [(task, s)] = out["sweeps"].items()
+  assert set(s["per_rate"]["adam"]) == {"0.001", "0.01"} and set(s["per_rate"]["avg-muon"]) == {
+      "0.01"}
+  assert list(s["rules"]) == list(protocol.RULES)
+  for rule, by_rule in s["rules"].items():
+    for spec, row in by_rule["optimizers"].items():
+      per_rate = {float(lr): v for lr, v in s["per_rate"][spec].items()}
+      if rule == "fastest" and protocol.fastest_lr(per_rate) is not None:
+        assert row["lr"] == protocol.fastest_lr(per_rate)
+      assert row["iterations"] == per_rate[row["lr"]]
+      assert row["seconds_to_target"] == pytest.approx(
+          row["median_iterations"] * row["seconds_per_step"]) or math.isinf(
+              row["median_iterations"])
+    assert by_rule["optimizers"]["avg-muon"]["lr"] == 1e-2
+  text = (tmp_path / f"{device.device_name()}.md").read_text()
+  assert text.index("Rate rule: fastest") < text.index("Rate rule: final loss")
+  assert "| avg-muon |  | " in text  # not run at 1e-3: an empty cell in the per-rate table
+
+
+def _fake_run(losses):
+  return types.SimpleNamespace(losses=list(losses), diverged=False)
+
+
+def test_device_summary_under_both_rules():
+  """benchmarks.device.summarize on hand-made curves: straight descents to a floor, so the
+  iterations to the target are closed-form crossings; Muon's two rules disagree (its fast
+  rate ends higher), avg-muon is compared with Muon under each."""
+  from avggrad import protocol
+  from benchmarks import device
+
+  steps, lrs, seeds = 400, [1e-3, 1e-2], [0, 1]
+
+  def line(slope, floor):
+    return np.maximum(3.0 - slope * np.arange(steps), floor)
+
+  curves = {  # (slope, floor) per rate; Adam's lowest-final-loss rate 1e-3 sets target 1.0
+      "adam": {1e-3: (0.010, 1.0), 1e-2: (0.005, 1.2)},
+      "muon": {1e-3: (0.020, 0.2), 1e-2: (0.040, 0.8)},
+      "avg-muon": {1e-2: (0.025, 0.5)},
+  }
+  runs = {spec: {(lr, s): _fake_run(line(*c)) for lr, c in by_lr.items() for s in seeds}
+          for spec, by_lr in curves.items()}
+  step = {"adam": 1e-3, "muon": 2e-3, "avg-muon": 4e-3}
+  config = device.training.TrainConfig(steps=steps)
+  s = device.summarize(config, runs, {k: {"seconds_per_step": v} for k, v in step.items()},
+                       lrs, seeds)
+  assert s["target"] == pytest.approx(1.0)
+
+  def crossing(slope):
+    return math.ceil(2.0 / slope)
+
+  assert s["per_rate"]["muon"] == {"0.001": [100, 100], "0.01": [50, 50]}
+  assert s["per_rate"]["avg-muon"] == {"0.01": [crossing(0.025)] * 2}
+  fastest, final = s["rules"]["fastest"]["optimizers"], s["rules"]["final-loss"]["optimizers"]
+  assert fastest["muon"]["lr"] == 1e-2 and final["muon"]["lr"] == 1e-3
+  assert fastest["adam"]["lr"] == final["adam"]["lr"] == 1e-3
+  # Adam meets its own target where its line bends onto the floor 1.0: the smoothing window
+  # (9 steps) delays that crossing by up to half a window.
+  adam_iters = fastest["adam"]["median_iterations"]
+  assert 200 <= adam_iters <= 205
+  # Best peer in wall-clock: Muon at 50 x 2 ms (fastest rule), at 100 x 2 ms (final loss):
+  # both beat Adam's ~200 x 1 ms.
+  assert s["rules"]["fastest"]["best_peer"] == s["rules"]["final-loss"]["best_peer"] == "muon"
+  assert fastest["avg-muon"]["wall_vs_muon"] == pytest.approx(80 * 4e-3 / (50 * 2e-3))
+  assert final["avg-muon"]["wall_vs_muon"] == pytest.approx(80 * 4e-3 / (100 * 2e-3))
+  assert fastest["avg-muon"]["wall_vs_best_peer"] == fastest["avg-muon"]["wall_vs_muon"]
+  assert fastest["adam"]["wall_vs_best_peer"] == pytest.approx(adam_iters * 1e-3 / (50 * 2e-3))
+  assert fastest["muon"]["edge"]
+  assert fastest["muon"]["iterations_vs_adam"] == pytest.approx(50 / adam_iters)
+  out = {"device": "cpu", "budget": 1.0, "jax": "", "device_count": 1, "elapsed": 0.0,
+         "step_cost": {}, "sweeps": {"t": s}, "skipped": []}
+  text = device.markdown(out)
+  assert f"| muon | 0.01* | 50 | {50 / adam_iters:.2f} |" in text
+  assert f"| muon | 0.001* | 100 | {100 / adam_iters:.2f} |" in text
+  assert "avg-muon / Muon: iterations 1.60, wall-clock 3.20." in text
+  assert "| avg-muon |  | 80 |" in text
 
 
 def test_performance_profile_and_best_peer_table(tmp_path, fake_training):
