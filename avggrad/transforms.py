@@ -184,14 +184,23 @@ def _check_value_fn(value_fn: Callable[..., Any], extra_args: dict[str, Any], wh
 
 def _check_upstream(updates: Updates, extra_args: dict[str, Any], who: str) -> None:
   """Raises ``ValueError`` when ``grad=`` (the raw gradient, Optax's line-search convention)
-  was passed and the incoming updates are not it: a transformation before this one in an
-  ``optax.chain`` (clipping, weight decay, ...) changed them, and it cannot act on the
-  gradient this transformation takes at the far end of the step."""
+  was passed and the incoming updates are provably not it: a transformation before this one
+  in an ``optax.chain`` (clipping, weight decay, ...) changed them, and it cannot act on the
+  gradient this transformation takes at the far end of the step.
+
+  What can be told at trace time is checked, leaf by leaf (:func:`_changed_upstream`); what
+  cannot is let through, so no valid composition is refused: a wrapper that traces its inner
+  update apart (``optax.MultiSteps`` accumulates the gradients in a ``lax.cond``) or the same
+  array passed to a jitted step twice are accepted. The price: a transformation before the
+  wrapper goes unseen when the raw gradient comes from outside the traced function that
+  transforms it (a concrete gradient closed over by a jitted step, a ``lax.cond`` around the
+  whole update); a step that computes the gradient and updates in one function is covered,
+  jitted or not."""
   grad = extra_args.get("grad")
   if grad is None:
     return
   ours, raw = jax.tree.leaves(updates), jax.tree.leaves(grad)
-  if len(ours) == len(raw) and all(a is b for a, b in zip(ours, raw)):
+  if len(ours) == len(raw) and not any(map(_changed_upstream, ours, raw)):
     return
   raise ValueError(
       f"{who} received updates that a transformation before it in the chain changed (they "
@@ -199,7 +208,33 @@ def _check_upstream(updates: Updates, extra_args: dict[str, Any], who: str) -> N
       "of the step, which that transformation never sees: a clip would hold for one end "
       "only, weight decay would be halved. Put such transformations inside instead, where "
       "they act on the average gradient: avggrad.average_gradient(optax.chain("
-      "optax.clip_by_global_norm(1.0), optax.adam(1e-3))); see the README's Usage.")
+      "optax.clip_by_global_norm(1.0), optax.adam(1e-3))); see the README's Usage. (grad= "
+      "must be the gradient that tx.update receives as its updates.)")
+
+
+def _changed_upstream(update: Any, raw: Any) -> bool:
+  """Whether the leaf ``update`` is provably not the raw gradient's leaf ``raw``.
+
+  * the same object, or two concrete arrays of equal values: unchanged;
+  * another shape or dtype: changed;
+  * two tracers of one traced function: changed when an operation of that function produced
+    ``update`` (a transformation before the wrapper), unchanged when it is one of the
+    function's inputs (the same array passed as two arguments of a jitted step);
+  * a tracer of another trace than ``raw`` (``optax.MultiSteps`` traces its inner update in
+    a ``lax.cond`` and feeds it the accumulated gradient), or a tracer whose origin JAX does
+    not record: cannot be told, let through.
+  """
+  if update is raw:
+    return False
+  if jnp.shape(update) != jnp.shape(raw) or jnp.result_type(update) != jnp.result_type(raw):
+    return True
+  traced = isinstance(update, jax.core.Tracer), isinstance(raw, jax.core.Tracer)
+  if not any(traced):
+    return not bool(jnp.array_equal(update, raw))
+  if all(traced) and getattr(update, "_trace", None) is getattr(raw, "_trace", False):
+    # A jit tracer records the operation that produced it (``parent``); inputs have none.
+    return getattr(update, "parent", None) is not None
+  return False
 
 
 def _bind_value_fn(value_fn: Callable[..., Any], extra_args: dict[str, Any]) -> Callable:

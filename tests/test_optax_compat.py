@@ -8,6 +8,7 @@ import functools
 import warnings
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -132,22 +133,126 @@ UPSTREAM = {
 }
 
 
+def _update_with_grad(tx, state, params, loss, batch, mode):
+  """``tx.update(g, state, params, ..., grad=g)`` with the raw gradient ``g`` of ``loss``, as a
+  training step passes it: ``"eager"`` (no jit), ``"jit"`` (the gradient computed inside the
+  jitted step) or ``"jit_args"`` (the same array passed to the jitted step twice)."""
+  def update(g, state, params, raw):
+    return tx.update(g, state, params, value_fn=loss, batch=batch, grad=raw)
+
+  if mode == "eager":
+    g = jax.grad(loss)(params, batch)
+    return update(g, state, params, g)
+  if mode == "jit":
+    def step(state, params):
+      g = jax.grad(loss)(params, batch)
+      return update(g, state, params, g)
+    return jax.jit(step)(state, params)
+  g = jax.grad(loss)(params, batch)
+  return jax.jit(update)(g, state, params, g)
+
+
+MODES = ("eager", "jit", "jit_args")
+
+
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("upstream", UPSTREAM)
 @pytest.mark.parametrize("wrapper", ["average_gradient", "adam", "scale_by_average_gradient"])
-def test_a_transformation_before_the_wrapper_is_refused_with_the_right_order(upstream, wrapper):
+def test_a_transformation_before_the_wrapper_is_refused_with_the_right_order(upstream, wrapper,
+                                                                            mode):
   params, loss, batch = _softmax_problem()
   inner = {"average_gradient": lambda: avggrad.average_gradient(optax.sgd(1.0),
                                                                 far_batch_fraction=None),
            "adam": lambda: avggrad.adam(1e-2),
            "scale_by_average_gradient": avggrad.scale_by_average_gradient}[wrapper]()
   tx = optax.chain(UPSTREAM[upstream](), inner)
-  grad = jax.grad(loss)(params, batch)
   with pytest.raises(ValueError, match=r"before it in the chain.*average_gradient\(optax.chain"):
-    jax.jit(lambda p, s: tx.update(grad, s, p, value_fn=loss, batch=batch, grad=grad))(
-        params, tx.init(params))
+    _update_with_grad(tx, tx.init(params), params, loss, batch, mode)
   # The same wrapper first in the chain (or alone) accepts the raw gradient.
   alone = optax.chain(inner)
-  alone.update(grad, alone.init(params), params, value_fn=loss, batch=batch, grad=grad)
+  _update_with_grad(alone, alone.init(params), params, loss, batch, mode)
+
+
+def _documented_compositions(params):
+  """The compositions docs/guide.md lists as working (``optax.masked`` and
+  ``optax.multi_transform`` inside the wrapper), and an identity before it."""
+  lr = 1e-2
+  mask = jax.tree.map(lambda x: x.ndim == 2, params)
+  labels = jax.tree.map(lambda x: "adam" if x.ndim == 2 else "sgd", params)
+  return {
+      "MultiSteps": optax.MultiSteps(avggrad.adam(lr), every_k_schedule=2),
+      "inject_hyperparams": optax.inject_hyperparams(avggrad.adam)(learning_rate=lr, span=8.0),
+      "apply_if_finite": optax.apply_if_finite(avggrad.adam(lr), max_consecutive_errors=3),
+      "masked": avggrad.average_gradient(optax.chain(
+          avggrad.scale_by_adam(), optax.masked(optax.add_decayed_weights(1e-2), mask),
+          optax.scale_by_learning_rate(lr))),
+      "multi_transform": avggrad.average_gradient(optax.multi_transform(
+          {"adam": optax.chain(avggrad.scale_by_adam(), optax.scale_by_learning_rate(lr)),
+           "sgd": optax.sgd(lr)}, labels)),
+      "chain_identity_first": optax.chain(optax.identity(), avggrad.adam(lr)),
+  }
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", ["MultiSteps", "inject_hyperparams", "apply_if_finite", "masked",
+                                  "multi_transform", "chain_identity_first"])
+def test_every_documented_composition_accepts_grad(name, mode):
+  """``grad=`` passed to a documented composition raises nothing and changes nothing: two
+  steps give the updates the same steps give without it."""
+  params, loss, batch = _softmax_problem()
+  tx = _documented_compositions(params)[name]
+  with_grad, without = (tx.init(params), params), (tx.init(params), params)
+  for _ in range(2):
+    state, p = with_grad
+    updates, state = _update_with_grad(tx, state, p, loss, batch, mode)
+    with_grad = (state, optax.apply_updates(p, updates))
+    state, p = without
+    plain, state = tx.update(jax.grad(loss)(p, batch), state, p, value_fn=loss, batch=batch)
+    without = (state, optax.apply_updates(p, plain))
+    np.testing.assert_allclose(jax.flatten_util.ravel_pytree(updates)[0],
+                               jax.flatten_util.ravel_pytree(plain)[0], rtol=1e-5, atol=1e-8)
+  assert float(optax.tree.norm(plain)) > 0  # the last step moved (MultiSteps: the 2nd)
+
+
+def test_grad_in_a_flax_nnx_optimizer_loop():
+  """``nnx.Optimizer.update(model, grads, grad=grads, ...)`` (as docs/guide.md's step, with
+  ``grad=``) trains as without it; a clip before the wrapper is still refused there."""
+  from flax import nnx
+
+  class Net(nnx.Module):
+    def __init__(self, rngs):
+      self.hidden = nnx.Linear(20, 16, rngs=rngs)
+      self.head = nnx.Linear(16, 5, rngs=rngs)
+
+    def __call__(self, x):
+      return self.head(jnp.tanh(self.hidden(x)))
+
+  _, _, (x, y) = _softmax_problem()
+
+  def train(tx, pass_grad):
+    model = Net(nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, optimizer):
+      graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+      def value_fn(p, batch):
+        logits = nnx.merge(graphdef, p, rest)(batch[0])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]).mean()
+
+      loss, grads = jax.value_and_grad(value_fn)(params, (x, y))
+      extra = {"grad": grads} if pass_grad else {}
+      optimizer.update(model, grads, value_fn=value_fn, batch=(x, y), **extra)
+      return loss
+
+    return [float(step(model, optimizer)) for _ in range(5)]
+
+  losses = train(avggrad.adam(1e-2), pass_grad=True)
+  np.testing.assert_allclose(losses, train(avggrad.adam(1e-2), pass_grad=False), rtol=1e-6)
+  assert losses[-1] < losses[0]
+  with pytest.raises(ValueError, match="before it in the chain"):
+    train(optax.chain(optax.clip_by_global_norm(1e-3), avggrad.adam(1e-2)), pass_grad=True)
 
 
 @pytest.mark.parametrize("clip, bound", [
