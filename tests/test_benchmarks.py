@@ -161,6 +161,53 @@ def test_report_figures(tmp_path, fake_training):
   assert peers[3].startswith(f"| rmsprop | {rmsprop_vs_adam} (")
 
 
+def test_report_and_headline_under_both_rate_rules(tmp_path):
+  """Hand-made records where the rules disagree for Adam (its fast rate ends higher): the
+  report and the README layouts take each optimizer at the rule's rate and say which rule."""
+  from avggrad import protocol
+
+  grid_path = make_grid(tmp_path, target=1.0)
+  results = tmp_path / "results"
+  results.mkdir()
+
+  def line(slope, floor):
+    return [float(v) for v in np.maximum(3.0 - slope * np.arange(STEPS), floor)]
+
+  curves = {"rmsprop": {1e-3: (0.0125, 0.6), 3e-3: (0.01, 0.7)},
+            "adam": {1e-3: (0.02, 0.3), 3e-3: (0.04, 0.8)}}  # 1e-3 ends lower, 3e-3 is faster
+  with open(results / "runs.jsonl", "w") as f:
+    for label, by_lr in curves.items():
+      for lr, c in by_lr.items():
+        for seed in (0, 1, 2):
+          f.write(json.dumps({"task": "task", "optimizer": label, "lr": lr, "seed": seed,
+                              "losses": line(*c), "status": "ok", "seconds_per_step": 1e-3,
+                              "test_accuracy": 0.5}) + "\n")
+  grid, _, records, _ = report.load(grid_path, str(results))
+  task = grid["tasks"][0]
+  fastest = report.summarize_task(grid, task, records, "fastest")["optimizers"]
+  final = report.summarize_task(grid, task, records, "final-loss")["optimizers"]
+  # Crossings of 1.0 in closed form (the smoothing leaves a line as it is): 2 / slope.
+  assert fastest["adam"]["best_lr"] == 3e-3 and fastest["adam"]["median_iterations"] == 50
+  assert final["adam"]["best_lr"] == 1e-3 and final["adam"]["median_iterations"] == 100
+  assert fastest["adam"]["other"] == {"rule": "final-loss", "lr": 1e-3, "median_iterations": 100}
+  assert fastest["adam"]["iteration_sweep"] == {1e-3: 100, 3e-3: 50}
+  assert fastest["rmsprop"]["best_lr"] == final["rmsprop"]["best_lr"] == 1e-3
+  assert fastest["adam"]["ratio_rmsprop"] == pytest.approx(50 / 160)
+  assert final["adam"]["ratio_rmsprop"] == pytest.approx(100 / 160)
+  text = open(report.build_report(grid_path, str(results))).read()
+  assert protocol.RULE_TEXT["fastest"][1:] in text
+  assert "| adam | 0.003* | 50 [50, 50] |" in text and "| 0.001: 100 |" in text
+  assert "| adam | 100 | 50 |" in text  # the per-rate iterations table
+  other = report.build_report(grid_path, str(results), rule="final-loss")
+  assert other.endswith("REPORT-final-loss.md") and "| adam | 0.001* | 100 [100, 100] |" in open(
+      other).read()
+  # The README layouts: both rules, fastest first, each under the line naming it.
+  printed = headline.tables([grid_path], str(results))
+  first, second = printed.split(protocol.RULE_TEXT["final-loss"])
+  assert first.startswith(protocol.RULE_TEXT["fastest"])
+  assert f"| task | 3 | {50 / 160:.2f}" in first and f"| task | 3 | {100 / 160:.2f}" in second
+
+
 def test_report_flags_a_target_at_the_uniform_predictors_loss(tmp_path, fake_training):
   # A target within 2% of log(10) (the baselines never left the plateau) is flagged.
   grid_path = make_grid(tmp_path, target=0.99 * math.log(10))
@@ -230,6 +277,94 @@ def test_device_benchmark_writes_its_results_within_a_budget(tmp_path):
     assert set(row) == set(device.VARIANTS) and row["optax.adam"]["vs_optax_adam"] == 1.0
     assert all(v["seconds"] > 0 for v in row.values())
   assert "Step time relative to `optax.adam`" in (tmp_path / f"{name}.md").read_text()
+
+
+def test_device_benchmark_sweep_on_cpu(tmp_path, monkeypatch):
+  """The tuned sweep of benchmarks.device end to end at --quick sizes (two of its optimizers,
+  to keep the compilations few on CPU): every rate's iterations kept, both rules' rows, avg-muon
+  on its own part of the ladder."""
+  from avggrad import protocol
+  from benchmarks import device
+
+  monkeypatch.setattr(device, "PEERS", ["adam", "avg-muon"])
+  monkeypatch.setattr(device, "LADDERS", {"avg-muon": (1e-2, 1e-2)})
+  out = device.main(["--quick", "--budget", "600", "--parts", "sweep", "--out", str(tmp_path)])
+  [(task, s)] = out["sweeps"].items()
+  assert set(s["per_rate"]["adam"]) == {"0.001", "0.01"} and set(s["per_rate"]["avg-muon"]) == {
+      "0.01"}
+  assert list(s["rules"]) == list(protocol.RULES)
+  for rule, by_rule in s["rules"].items():
+    for spec, row in by_rule["optimizers"].items():
+      per_rate = {float(lr): v for lr, v in s["per_rate"][spec].items()}
+      if rule == "fastest" and protocol.fastest_lr(per_rate) is not None:
+        assert row["lr"] == protocol.fastest_lr(per_rate)
+      assert row["iterations"] == per_rate[row["lr"]]
+      assert row["seconds_to_target"] == pytest.approx(
+          row["median_iterations"] * row["seconds_per_step"]) or math.isinf(
+              row["median_iterations"])
+    assert by_rule["optimizers"]["avg-muon"]["lr"] == 1e-2
+  text = (tmp_path / f"{device.device_name()}.md").read_text()
+  assert text.index("Rate rule: fastest") < text.index("Rate rule: final loss")
+  assert "| avg-muon |  | " in text  # not run at 1e-3: an empty cell in the per-rate table
+
+
+def _fake_run(losses):
+  return types.SimpleNamespace(losses=list(losses), diverged=False)
+
+
+def test_device_summary_under_both_rules():
+  """benchmarks.device.summarize on hand-made curves: straight descents to a floor, so the
+  iterations to the target are closed-form crossings; Muon's two rules disagree (its fast
+  rate ends higher), avg-muon is compared with Muon under each."""
+  from avggrad import protocol
+  from benchmarks import device
+
+  steps, lrs, seeds = 400, [1e-3, 1e-2], [0, 1]
+
+  def line(slope, floor):
+    return np.maximum(3.0 - slope * np.arange(steps), floor)
+
+  curves = {  # (slope, floor) per rate; Adam's lowest-final-loss rate 1e-3 sets target 1.0
+      "adam": {1e-3: (0.010, 1.0), 1e-2: (0.005, 1.2)},
+      "muon": {1e-3: (0.020, 0.2), 1e-2: (0.040, 0.8)},
+      "avg-muon": {1e-2: (0.025, 0.5)},
+  }
+  runs = {spec: {(lr, s): _fake_run(line(*c)) for lr, c in by_lr.items() for s in seeds}
+          for spec, by_lr in curves.items()}
+  step = {"adam": 1e-3, "muon": 2e-3, "avg-muon": 4e-3}
+  config = device.training.TrainConfig(steps=steps)
+  s = device.summarize(config, runs, {k: {"seconds_per_step": v} for k, v in step.items()},
+                       lrs, seeds)
+  assert s["target"] == pytest.approx(1.0)
+
+  def crossing(slope):
+    return math.ceil(2.0 / slope)
+
+  assert s["per_rate"]["muon"] == {"0.001": [100, 100], "0.01": [50, 50]}
+  assert s["per_rate"]["avg-muon"] == {"0.01": [crossing(0.025)] * 2}
+  fastest, final = s["rules"]["fastest"]["optimizers"], s["rules"]["final-loss"]["optimizers"]
+  assert fastest["muon"]["lr"] == 1e-2 and final["muon"]["lr"] == 1e-3
+  assert fastest["adam"]["lr"] == final["adam"]["lr"] == 1e-3
+  # Adam meets its own target where its line bends onto the floor 1.0: the smoothing window
+  # (9 steps) delays that crossing by up to half a window.
+  adam_iters = fastest["adam"]["median_iterations"]
+  assert 200 <= adam_iters <= 205
+  # Best peer in wall-clock: Muon at 50 x 2 ms (fastest rule), at 100 x 2 ms (final loss):
+  # both beat Adam's ~200 x 1 ms.
+  assert s["rules"]["fastest"]["best_peer"] == s["rules"]["final-loss"]["best_peer"] == "muon"
+  assert fastest["avg-muon"]["wall_vs_muon"] == pytest.approx(80 * 4e-3 / (50 * 2e-3))
+  assert final["avg-muon"]["wall_vs_muon"] == pytest.approx(80 * 4e-3 / (100 * 2e-3))
+  assert fastest["avg-muon"]["wall_vs_best_peer"] == fastest["avg-muon"]["wall_vs_muon"]
+  assert fastest["adam"]["wall_vs_best_peer"] == pytest.approx(adam_iters * 1e-3 / (50 * 2e-3))
+  assert fastest["muon"]["edge"]
+  assert fastest["muon"]["iterations_vs_adam"] == pytest.approx(50 / adam_iters)
+  out = {"device": "cpu", "budget": 1.0, "jax": "", "device_count": 1, "elapsed": 0.0,
+         "step_cost": {}, "sweeps": {"t": s}, "skipped": []}
+  text = device.markdown(out)
+  assert f"| muon | 0.01* | 50 | {50 / adam_iters:.2f} |" in text
+  assert f"| muon | 0.001* | 100 | {100 / adam_iters:.2f} |" in text
+  assert "avg-muon / Muon: iterations 1.60, wall-clock 3.20." in text
+  assert "| avg-muon |  | 80 |" in text
 
 
 def test_performance_profile_and_best_peer_table(tmp_path, fake_training):
