@@ -335,10 +335,12 @@ def run_loop(config: TrainConfig, program: Program, indices: Any, *, eval_data: 
   def evaluate_now(at: int) -> None:
     loss, acc = (np.atleast_1d(v) for v in evaluate_in_batches(program.evaluate, carry,
                                                                 *eval_data))
+    scales = step_length.run_scales(carry[1])  # avggrad.auto's scale, where there is one
     for r in range(runs):
       if stopped[r] is None:
         evals[r].append({"step": at, "train_loss": float(loss[r]),
-                         "train_accuracy": float(acc[r])})
+                         "train_accuracy": float(acc[r])}
+                        | ({} if scales is None else {"scale": float(scales[r % scales.size])}))
     if log is not None and stopped[0] is None:
       log.write(evals[0][-1] | {"elapsed": elapsed})
 

@@ -43,6 +43,7 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from avggrad import transforms
@@ -304,17 +305,38 @@ def auto_adam(
               far_batch_fraction=far_batch_fraction)
 
 
+def run_scales(opt_state: optax.OptState) -> Optional[np.ndarray]:
+  """The scales :math:`s_t` of the first :class:`ScaleByAutoState` in an optimizer state (any
+  nesting) as a 1-D NumPy array: one per run where the state carries a leading runs axis
+  (:func:`avggrad.sweep.sweep`), else one; ``None`` when there is no such state.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax, avggrad
+    >>> states = jax.vmap(avggrad.auto_adam().init)(jnp.zeros((3, 2)))  # three runs
+    >>> avggrad.step_length.run_scales(states), avggrad.step_length.run_scales(
+    ...     optax.adam(1e-3).init(jnp.zeros(2)))
+    (array([1., 1., 1.], dtype=float32), None)
+  """
+  is_auto = lambda x: isinstance(x, ScaleByAutoState)  # noqa: E731
+  for leaf in jax.tree.leaves(opt_state, is_leaf=is_auto):
+    if is_auto(leaf):
+      return np.atleast_1d(np.asarray(jax.device_get(leaf.scale)))
+  return None
+
+
 def current_scale(opt_state: optax.OptState) -> Optional[float]:
   """The scale :math:`s_t` of the first :class:`ScaleByAutoState` in an optimizer state (any
-  nesting: ``inject_hyperparams``, chains), ``None`` when there is none.
+  nesting: ``inject_hyperparams``, chains), ``None`` when there is none (one run's state;
+  :func:`run_scales` for a sweep's).
 
   Example:
     >>> import jax.numpy as jnp, avggrad
     >>> avggrad.current_scale(avggrad.auto_adam().init(jnp.zeros(2)))
     1.0
   """
-  is_auto = lambda x: isinstance(x, ScaleByAutoState)  # noqa: E731
-  for leaf in jax.tree.leaves(opt_state, is_leaf=is_auto):
-    if is_auto(leaf):
-      return float(jax.device_get(leaf.scale))
-  return None
+  scales = run_scales(opt_state)
+  if scales is None:
+    return None
+  if scales.size != 1:
+    raise ValueError(f"the state holds {scales.size} runs' scales; use run_scales.")
+  return float(scales[0])

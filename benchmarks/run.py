@@ -278,6 +278,11 @@ class Runner:
         "batched_runs": result.batched_runs,
         "wall_seconds": wall_seconds,
     }
+    # avggrad.auto's scale at the end (at the evaluations: in ``evals``); None without one.
+    scale = result.scale if result.scale is not None else next(
+        (e["scale"] for e in reversed(result.evals) if "scale" in e), None)
+    if scale is not None:
+      record["scale"] = scale
     with open(self.out, "a") as f:
       f.write(json.dumps(record) + "\n")
     self.done[key] = record

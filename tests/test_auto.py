@@ -316,3 +316,24 @@ def test_cli_train_shows_the_scale(capsys):
                    "--no-progress"]) == 0
   out = json_lib.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert out["status"] == "ok" and out["scale"] > 0 and out["scale"] != 1.0
+
+
+def test_the_loop_records_the_scale_at_every_evaluation():
+  """training.train and sweep.sweep record auto's scale at each evaluation (a sweep: each
+  run's own, the same as that run trained alone) and at the end; other optimizers: none."""
+  import dataclasses
+  from avggrad import data, sweep, training
+  train_data = data.load("fashion_mnist_small", "train", limit=400)
+  config = training.TrainConfig(optimizer="auto-adam", depth=2, width=16, steps=20,
+                                eval_every=10, batch_size=32, eval_examples=100)
+  single = training.train(config, train_data=train_data, progress=False)
+  assert [e["step"] for e in single.evals] == [0, 10, 20]
+  assert single.evals[0]["scale"] == 1.0 and single.evals[1]["scale"] != 1.0
+  assert single.evals[-1]["scale"] == single.scale
+  runs = sweep.sweep(config, [1e-3, 1e-2], [0], train_data=train_data, progress=False)
+  finals = {lr: run.evals[-1]["scale"] for (lr, _), run in runs.items()}
+  assert finals[1e-3] != finals[1e-2]
+  np.testing.assert_allclose(finals[1e-3], single.scale, rtol=1e-3)
+  plain = training.train(dataclasses.replace(config, optimizer="adam"), train_data=train_data,
+                         progress=False)
+  assert plain.scale is None and all("scale" not in e for e in plain.evals)
