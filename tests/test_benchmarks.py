@@ -516,3 +516,87 @@ def test_packed_results_read_as_the_plain_ones(tmp_path, fake_training, monkeypa
   grid = run_lib.load_grid(grid_path)
   assert run_lib.results_path(grid, write=True) == str(tmp_path / "results" / grid["name"]
                                                        / "runs.jsonl")
+
+
+def _gate_fixture():
+  """A hand-made gate: three tasks (one development, two held-out), auto-adam's scales, and
+  tuned ladders in the sources, with picks and ratios known by construction."""
+  import dataclasses
+  from benchmarks import auto_gate, run as run_lib
+  base = {"dataset": "fashion_mnist", "model": "mlp", "target": 2.0, "steps": 10,
+          "budget": 50}
+  gate = {"name": "auto-gate", "defaults": {"width": 8, "batch_size": 4, "eval_every": 5},
+          "lrs": [1e-3], "seeds": [0, 1], "baselines": [],
+          "optimizers": {"auto-adam": "auto-adam"},
+          "tasks": [base | {"name": "dev", "depth": 2, "split": "development"},
+                    base | {"name": "h1", "depth": 4, "split": "held-out"},
+                    base | {"name": "h2", "depth": 6, "split": "held-out (variant)"}]}
+  tasks = {t["name"]: t for t in gate["tasks"]}
+
+  def config(name, **changes):
+    c = dataclasses.replace(run_lib.task_config(gate, tasks[name]), steps=50, **changes)
+    return dataclasses.asdict(c)
+
+  fast = [3.0] * 10 + [1.0] * 40  # reaches the target 2.0 first, ends higher
+  slow = [3.0] * 30 + [0.5] * 20  # reaches it later, ends lower
+
+  def runs(task, label, lr, losses, **changes):
+    return [{"task": task, "optimizer": label, "lr": lr, "seed": s, "status": "ok",
+             "losses": losses, "config": config(task, **changes)} for s in (0, 1)]
+
+  auto_records = []
+  for task, scale in (("dev", 4.0), ("h1", 2.0), ("h2", 8.0)):
+    for seed in (0, 1):
+      auto_records.append({"task": task, "optimizer": "auto-adam", "lr": 1e-3, "seed": seed,
+                           "evals": [{"step": 0, "scale": 1.0}, {"step": 5, "scale": scale},
+                                     {"step": 10, "scale": scale}]})
+  sources = {
+      "fine": (runs("h1", "adam", 1e-2, fast) + runs("h1", "adam", 1e-3, slow)
+               + runs("h1", "muon", 0.05, fast) + runs("h1", "muon", 0.02, slow)
+               + runs("h1", "nadam", 1e-3, slow, depth=3)),  # another configuration
+      "muon-split": runs("h1", "muon-split", 0.03, fast) + runs("h1", "muon-split", 0.01, slow),
+      "selftuning": (runs("h2", "adam-tuned", 4e-3, fast) + runs("h2", "adam-tuned", 1e-2, slow)
+                     + runs("h2", "adam", 1.0, [0.1] * 50)),  # one untuned rate: not a ladder
+  }
+  return auto_gate, gate, auto_records, sources
+
+
+def test_auto_gate_table_arithmetic():
+  auto_gate, gate, auto_records, sources = _gate_fixture()
+  result = auto_gate.table(gate, auto_records, sources)
+  rows = {r["task"]: r for r in result["rows"]}
+  assert [rows[t]["auto"]["rate"] for t in ("dev", "h1", "h2")] == pytest.approx(
+      [4e-3, 2e-3, 8e-3])
+  h1, h2 = rows["h1"]["peers"], rows["h2"]["peers"]
+  assert (h1["adam"]["fastest"], h1["adam"]["final-loss"]) == (1e-2, 1e-3)
+  assert h1["adam"]["ratio"]["fastest"] == pytest.approx(5.0)
+  assert h1["adam"]["ratio"]["final-loss"] == pytest.approx(0.5)
+  # the track's adam-tuned ladder counts, its one-rate plain label does not
+  assert (h2["adam"]["fastest"], h2["adam"]["final-loss"]) == (4e-3, 1e-2)
+  # Muon as muon-split where that ran; a ladder of another configuration is no record
+  assert h1["muon"]["label"] == "muon-split" and h1["muon"]["fastest"] == 0.03
+  assert h1["nadam"]["rates"] == 0 and h2["muon"]["rates"] == 0
+  spreads = result["spreads"]
+  assert spreads[("held-out", "adam", "fastest")]["spread"] == pytest.approx(5.0 / 0.5)
+  assert spreads[("held-out", "adam", "final-loss")]["spread"] == pytest.approx(1.25 / 0.5)
+  assert spreads[("held-out", "adam", "final-loss")]["tasks"] == 2
+  muon = spreads[("held-out", "muon", "fastest")]
+  assert muon["missing"] == ["h2"] and muon["tasks"] == 1 and math.isnan(muon["spread"])
+  assert math.isnan(spreads[("development", "adam", "fastest")]["spread"])
+  text = auto_gate.markdown(result)
+  assert "no records" in text and "| held-out | adam | final-loss | 2.5x | 2 of 2 | - |" in text
+  assert "adam (final-loss, 2.5x" in auto_gate.verdict(result)
+  assert "fails" in auto_gate.verdict(result, gate=2.0)
+
+
+def test_auto_gate_grid_cuts_each_budget_to_a_fifth():
+  from benchmarks import auto_gate
+  track = {"defaults": {"steps": 1000}, "lrs": [1e-3], "seeds": [0, 1, 2],
+           "optimizers": {"auto-adam": "auto-adam", "adam": "adam"},
+           "tasks": [{"name": "a", "lrs": {"adam": [1.0]}, "split": "held-out"},
+                     {"name": "b", "steps": 600, "target": 0.5}]}
+  grid = auto_gate.gate_grid(track)
+  assert [(t["steps"], t["eval_every"], t["budget"]) for t in grid["tasks"]] == [
+      (200, 50, 1000), (120, 30, 600)]
+  assert grid["optimizers"] == {"auto-adam": "auto-adam"} and grid["seeds"] == [0, 1, 2]
+  assert "lrs" not in grid["tasks"][0] and grid["tasks"][1]["target"] == 0.5
