@@ -279,8 +279,9 @@ class Runner:
         "wall_seconds": wall_seconds,
     }
     # avggrad.auto's scale at the end (at the evaluations: in ``evals``); None without one.
-    scale = result.scale if result.scale is not None else next(
-        (e["scale"] for e in reversed(result.evals) if "scale" in e), None)
+    scale = getattr(result, "scale", None)
+    if scale is None:
+      scale = next((e["scale"] for e in reversed(result.evals) if "scale" in e), None)
     if scale is not None:
       record["scale"] = scale
     with open(self.out, "a") as f:
