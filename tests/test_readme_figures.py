@@ -209,3 +209,12 @@ def test_recommended_rmsprop_call_is_the_measured_form():
   other, _ = eps_inside.update(g, eps_inside.init(params), params, value_fn=small)
   ours, _ = mine.update(g, mine.init(params), params, value_fn=small)
   assert not jnp.allclose(other["w"], ours["w"], rtol=0.1)
+
+
+def test_the_result_figures_stay_light():
+  # Issue 31 item 7: every PNG under benchmarks/results together under 2 MB (benchmarks.figures
+  # saves them as small palette PNGs; the raw runs are not figures).
+  pngs = list(RESULTS.rglob("*.png"))
+  assert pngs
+  total = sum(p.stat().st_size for p in pngs)
+  assert total < 2_000_000, f"{len(pngs)} PNGs take {total / 1e6:.2f} MB"
