@@ -101,8 +101,8 @@ def profile(times: dict[str, list[float]], taus: Sequence[float]) -> dict[str, l
   solved counts as a miss for everyone.
 
   Example:
-    >>> profile({"a": [1.0, 4.0], "b": [2.0, 2.0]}, [1.0, 2.0])
-    {'a': [0.5, 0.5], 'b': [0.5, 1.0]}
+    >>> profile({"a": [1.0, 4.0], "b": [2.0, 2.0]}, [1.0, 1.5, 2.0])
+    {'a': [0.5, 0.5, 1.0], 'b': [0.5, 0.5, 1.0]}
   """
   n = len(next(iter(times.values())))
   best = [min(t[i] for t in times.values()) for i in range(n)]

@@ -57,7 +57,7 @@ def geometric_mean(values: Sequence[float]) -> float:
   """Of positive values; infinite when one is (a miss).
 
   Example:
-    >>> geometric_mean([100.0, 400.0]), geometric_mean([100.0, math.inf])
+    >>> round(geometric_mean([100.0, 400.0]), 9), geometric_mean([100.0, math.inf])
     (200.0, inf)
   """
   if any(not math.isfinite(v) for v in values):

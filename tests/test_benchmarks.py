@@ -55,7 +55,7 @@ def fake_training(monkeypatch, request):
     return types.SimpleNamespace(
         status="ok", losses=synthetic_losses(label, config.lr, config.seed), evals=[],
         test_loss=0.0, test_accuracy=0.5, seconds_per_step=1e-3, compile_seconds=0.0,
-        batched_runs=1)
+        batched_runs=1, scale=None)
 
   def sweep(config, lrs, seeds, **kwargs):
     return {(lr, s): train(dataclasses.replace(config, lr=lr, seed=s)) for lr in lrs
