@@ -84,3 +84,33 @@ class TrainState(train_state.TrainState):
       new_params = new_params_with_opt
     return self.replace(step=self.step + 1, params=new_params, opt_state=new_opt_state,
                         **kwargs)
+
+
+def nnx_model(module: Any, example_x: Any) -> Callable[[Any], Any]:
+  """A Linen module as an NNX model factory ``rngs -> nnx.Module``, the form
+  :func:`avggrad.compare_on` and :class:`avggrad.tasks.Task` take.
+
+  Each call wraps ``module`` in ``flax.nnx.bridge.ToNNX`` and initialises it on
+  ``example_x`` (a batch of inputs; its values do not matter) with the given ``rngs``; the
+  Linen ``params`` become ``nnx.Param``. The model is then applied without random streams
+  (dropout and other stochastic layers are not supported).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import flax.linen as nn
+    >>> from flax import nnx
+    >>> from avggrad.linen import nnx_model
+    >>> make = nnx_model(nn.Dense(3), jnp.ones((1, 4)))
+    >>> make(nnx.Rngs(0))(jnp.ones((2, 4))).shape
+    (2, 3)
+  """
+  from flax import nnx
+
+  def make(rngs: Any) -> Any:
+    model = nnx.bridge.ToNNX(module, rngs=rngs)
+    nnx.bridge.lazy_init(model, example_x)
+    model.to_nnx__rngs = None  # applied without random streams (deterministic layers)
+    return model
+
+  make.__name__ = type(module).__name__
+  return make

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from typing import Any, Optional, Sequence, Union
 
 import jax
@@ -99,6 +100,7 @@ def sweep(
     scan: bool = True,
     devices: Union[None, int, Sequence[jax.Device]] = None,
     shard_params: bool = False,
+    memory_bytes: Optional[int] = None,
 ) -> dict[Key, RunResult]:
   """Trains ``config`` at every learning rate and seed in one compiled program.
 
@@ -115,10 +117,14 @@ def sweep(
       call per step, all runs together; on CPU a scan over convolutions can be slower).
     devices, shard_params: data parallelism, as in :func:`avggrad.training.train` (every
       run's batch sharded over the devices; parameters replicated or sharded).
+    memory_bytes: the device memory the runs may use (default: what the device reports
+      free, or the host's available memory on CPU; :func:`free_bytes`). The runs are split
+      into chunks that fit (:func:`plan_chunks`), trained one chunk after the other, and the
+      split is logged to stderr; a ``MemoryError`` before training if one run does not fit.
 
   Returns:
-    ``{(lr, seed): RunResult}``; each result's ``seconds_per_step`` is the sweep's time per
-    step divided by the number of runs (``batched_runs``).
+    ``{(lr, seed): RunResult}``; each result's ``seconds_per_step`` is its chunk's time per
+    step divided by the chunk's number of runs (``batched_runs``).
   """
   config.validate(builtin=task is None)
   if not lrs or not seeds:
@@ -129,6 +135,20 @@ def sweep(
   task = task if task is not None else tasks.for_config(config, train_data, test_data)
   loop.check_data(config, task)
   dp = parallel.DataParallel.create(devices, shard_params)
+  chunks = plan_chunks(config, task, dp, [float(lr) for lr in lrs], [int(s) for s in seeds],
+                       memory_bytes)
+  results: dict[Key, RunResult] = {}
+  for i, (chunk_lrs, chunk_seeds) in enumerate(chunks):
+    part = f", chunk {i + 1}/{len(chunks)}" if len(chunks) > 1 else ""
+    results.update(_sweep_chunk(config, task, dp, chunk_lrs, chunk_seeds, scan=scan,
+                                progress=progress, part=part))
+  return {(float(lr), int(s)): results[(float(lr), int(s))] for lr in lrs for s in seeds}
+
+
+def _sweep_chunk(config: TrainConfig, task: Task, dp: parallel.DataParallel,
+                 lrs: Sequence[float], seeds: Sequence[int], *, scan: bool, progress: bool,
+                 part: str) -> dict[Key, RunResult]:
+  """Trains the runs ``lrs x seeds`` in one compiled program (one chunk of :func:`sweep`)."""
   program, seed_index = sweep_program(config, task, lrs, seeds, dp, scan=scan)
   per_seed = np.stack([loop.batch_indices(len(task), config.batch_size, config.steps, int(s))
                        for s in seeds])
@@ -137,7 +157,7 @@ def sweep(
   out = loop.run_loop(
       config, program, indices, eval_data=loop.eval_split(dp, task, config),
       test_data=loop.held_out(dp, task),
-      desc=f"{config.optimizer} ({len(lrs)} lr x {len(seeds)} seed)", progress=progress)
+      desc=f"{config.optimizer} ({len(lrs)} lr x {len(seeds)} seed{part})", progress=progress)
   results: dict[Key, RunResult] = {}
   for r, i in enumerate(seed_index):
     lr, seed = float(lrs[r // len(seeds)]), int(seeds[i])
@@ -148,3 +168,93 @@ def sweep(
         seconds_per_step=out.seconds_per_step / program.num_runs,
         compile_seconds=out.compile_seconds, batched_runs=program.num_runs)
   return results
+
+
+MEMORY_FRACTION = 0.8
+"""The share of the free memory :func:`plan_chunks` plans to fill (XLA's figures leave out
+the runtime's own buffers and fragmentation)."""
+
+
+def free_bytes(device: Optional[jax.Device] = None) -> Optional[int]:
+  """The memory free on ``device`` (default: the first device): its allocator's limit less
+  what is in use where it reports them (GPU, TPU), the host's available memory otherwise
+  (CPU, from ``/proc/meminfo``); ``None`` when neither is known."""
+  device = device or jax.devices()[0]
+  try:
+    stats = device.memory_stats()
+  except Exception:  # noqa: BLE001 (backends without memory statistics)
+    stats = None
+  if stats and "bytes_limit" in stats:
+    return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return None
+
+
+def run_bytes(config: TrainConfig, task: Task, dp: parallel.DataParallel) -> tuple[int, int]:
+  """``(bytes of one run, bytes shared by all runs)`` on a device, from XLA's memory analysis
+  of one run's compiled training step (``compiled.memory_analysis()``): the run's parameters,
+  optimizer state and minibatch (arguments and outputs, less what donation aliases) and the
+  step's temporaries (activations, gradients); the training data is shared."""
+  program, _ = loop.compile_step(dataclasses.replace(config, seed=0), task, dp)
+  idx = dp.place_batch(np.zeros((config.batch_size,), np.int32))
+  stats = program.compiled[0].compile(program.carry, *program.data, idx).memory_analysis()
+  shared = sum(int(a.nbytes) for a in jax.tree.leaves(program.data))  # replicated
+  if stats is None:
+    return 0, shared
+  per_run = (stats.argument_size_in_bytes + stats.output_size_in_bytes
+             - stats.alias_size_in_bytes + stats.temp_size_in_bytes) - shared
+  return max(int(per_run), 1), shared
+
+
+def _mib(n: float) -> str:
+  return f"{n / 2**20:,.1f} MiB"
+
+
+def plan_chunks(config: TrainConfig, task: Task, dp: parallel.DataParallel, lrs: Sequence[float],
+                seeds: Sequence[int], memory_bytes: Optional[int] = None
+                ) -> list[tuple[list[float], list[int]]]:
+  """The chunks ``(lrs, seeds)`` that :func:`sweep` trains one after the other so that each
+  fits in memory: all runs in one chunk when they fit, otherwise groups of learning rates
+  with every seed (or, when even one rate's seeds do not fit, groups of seeds of one rate).
+
+  The memory of ``n`` runs is estimated as ``shared + n x per_run`` (:func:`run_bytes`)
+  against :data:`MEMORY_FRACTION` of ``memory_bytes`` (default :func:`free_bytes`; with no
+  figure known, one chunk). A split is logged to stderr.
+
+  Raises:
+    MemoryError: before training, when one run alone does not fit.
+  """
+  lrs, seeds = list(lrs), list(seeds)
+  runs = len(lrs) * len(seeds)
+  available = free_bytes() if memory_bytes is None else int(memory_bytes)
+  if available is None:
+    return [(lrs, seeds)]
+  per_run, shared = run_bytes(config, task, dp)
+  budget = MEMORY_FRACTION * available
+  fit = int((budget - shared) // per_run) if budget > shared else 0
+  device = jax.devices()[0]
+  if fit < 1:
+    raise MemoryError(
+        f"one run of {config.optimizer} on this model needs about {_mib(per_run)} (XLA's "
+        f"memory analysis of one training step at batch size {config.batch_size}) beside "
+        f"{_mib(shared)} of training data, but {_mib(budget)} is usable on "
+        f"{device.platform} ({MEMORY_FRACTION:.0%} of {_mib(available)} free). A smaller "
+        "batch size or model, or shard_params=True over several devices, would fit.")
+  if fit >= runs:
+    return [(lrs, seeds)]
+  if fit >= len(seeds):
+    step = fit // len(seeds)
+    chunks = [(lrs[i:i + step], seeds) for i in range(0, len(lrs), step)]
+  else:
+    chunks = [([lr], seeds[i:i + fit]) for lr in lrs for i in range(0, len(seeds), fit)]
+  print(f"avggrad: {config.optimizer}: {runs} runs need about {_mib(shared + runs * per_run)} "
+        f"({_mib(per_run)} per run, XLA's memory analysis) and {_mib(budget)} is usable on "
+        f"{device.platform}: training them in {len(chunks)} chunks of up to {fit} runs.",
+        file=sys.stderr, flush=True)
+  return chunks
