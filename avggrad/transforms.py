@@ -444,7 +444,6 @@ def scale_by_average_gradient(
   """
   estimators.check_estimator(estimator, num_points)
   combine_fn = _combine_fn(combine)
-  average = _average_gradient_fn(estimator, num_points)
 
   def init_fn(params: Params) -> ScaleByAverageGradientState:
     _check_whole_params(params, "scale_by_average_gradient")
@@ -462,13 +461,9 @@ def scale_by_average_gradient(
   ) -> tuple[Updates, ScaleByAverageGradientState]:
     _require(params, value_fn, "scale_by_average_gradient", updates, extra_args)
     delta = _scale_tree(otree.sub(params, state.prev_params), span)
-    if estimator == "trapezoid":
-      avg = _trapezoid(updates, _far_end_gradient(value_fn, extra_args, params, delta,
-                                                  dtype=None))
-    else:
-      avg = average(_bind_value_fn(value_fn, extra_args), params, delta)
-    avg = _finite_or_point(updates, avg)
-    new_updates = optax.tree.cast_like(combine_fn(updates, avg), updates)
+    avg = _average_over(updates, value_fn, extra_args, params, delta, estimator=estimator,
+                        num_points=num_points, auto=False, fraction=1.0, far_dtype=None)
+    new_updates = _combined_gradient(combine_fn, updates, avg)
     return new_updates, ScaleByAverageGradientState(prev_params=params)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -580,6 +575,44 @@ def _trapezoid_over(point: Updates, value_fn: Callable[..., Any], extra_args: di
   return _trapezoid(point, far)
 
 
+def _predicted_step(inner: optax.GradientTransformationExtraArgs, point: Updates,
+                    inner_state: optax.OptState, params: Params, value_fn: Callable[..., Any],
+                    extra_args: dict[str, Any]) -> Updates:
+  """The predicted range before the span: the update ``inner`` would make from the point
+  gradient, its new state discarded (the step itself is ``inner`` on the combined gradient)."""
+  predicted, _ = inner.update(point, inner_state, params, value_fn=value_fn, **extra_args)
+  return predicted
+
+
+def _average_over(point: Updates, value_fn: Callable[..., Any], extra_args: dict[str, Any],
+                  params: Params, delta: Updates, *, estimator: str, num_points: int,
+                  auto: bool, fraction: float, far_dtype: Optional[str]) -> Updates:
+  """The average gradient over ``delta`` from ``params``: the trapezoid rule with its far-end
+  options (:func:`_trapezoid_over`), or an estimator that re-evaluates the whole range."""
+  if estimator == "trapezoid":
+    return _trapezoid_over(point, value_fn, extra_args, params, delta, auto=auto,
+                           fraction=fraction, far_dtype=far_dtype)
+  average = _average_gradient_fn(estimator, num_points)
+  return average(_bind_value_fn(value_fn, extra_args), params, delta)
+
+
+def _combined_gradient(combine_fn: Combine, point: Updates, average: Updates) -> Updates:
+  """What the wrapped transformation is fed: ``combine_fn(point, average)``, the point
+  gradient standing in where the average is not finite, in the point gradient's dtypes."""
+  return optax.tree.cast_like(combine_fn(point, _finite_or_point(point, average)), point)
+
+
+def _check_second_moment_input(inner_state: optax.OptState) -> None:
+  """Raises for ``accumulate="point"`` when ``inner`` has no scaling that accepts
+  ``second_moment_updates`` (:func:`scale_by_rms`, :func:`scale_by_adam`)."""
+  if not _has_second_moment_input(inner_state):
+    raise ValueError(
+        "accumulate='point' needs an inner transformation that accepts "
+        "second_moment_updates (avggrad.scale_by_rms or avggrad.scale_by_adam); none "
+        "was found in the state of `inner`."
+    )
+
+
 def average_gradient(
     inner: optax.GradientTransformation,
     *,
@@ -623,6 +656,16 @@ def average_gradient(
   steps and the far end on a quarter of the minibatch when ``update`` receives ``batch``.
   The paper's form is one argument away, ``average_gradient(inner, **avggrad.PAPER_FORM)``
   (:data:`~avggrad.transforms.PAPER_FORM`).
+
+  **Cost.** With the predicted range ``inner``'s update runs twice a step: on :math:`g`, to
+  predict :math:`\hat\Delta` (its new state discarded), and on the combined gradient, for the
+  step. Both are needed: the second input depends on the first call's output (through the far
+  end), so for an ``inner`` that is not linear in its input (Adam's and RMSProp's
+  normalisation, Lion's sign, Muon's Newton-Schulz orthogonalisation) neither result gives the
+  other; for a linear one (SGD, momentum) the step could be had from the prediction, but only
+  by applying the same linear map to the difference, which costs what the call does. With
+  ``update_range="previous"`` it runs once (another algorithm: the range is the update
+  applied at the previous step).
 
   Args:
     inner: the transformation to feed (e.g. RMSProp's scaling and the learning rate).
@@ -687,7 +730,6 @@ def average_gradient(
   combine_fn = _bounded_combine(combine, max_gain)
   auto, fraction = _check_far_end(far_batch_fraction, far_dtype, estimator, update_range)
   inner = optax.with_extra_args_support(inner)
-  average = _average_gradient_fn(estimator, num_points)
   tracker = scale_by_average_gradient(
       estimator=estimator, num_points=num_points, span=span, combine="replace"
   )
@@ -695,12 +737,8 @@ def average_gradient(
   def init_fn(params: Params) -> AverageGradientState:
     _check_whole_params(params, "avggrad.average_gradient (and avggrad.adam, avggrad.rmsprop)")
     inner_state = inner.init(params)
-    if accumulate == "point" and not _has_second_moment_input(inner_state):
-      raise ValueError(
-          "accumulate='point' needs an inner transformation that accepts "
-          "second_moment_updates (avggrad.scale_by_rms or avggrad.scale_by_adam); none "
-          "was found in the state of `inner`."
-      )
+    if accumulate == "point":
+      _check_second_moment_input(inner_state)
     range_state = tracker.init(params) if update_range == "previous" else None
     return AverageGradientState(inner_state=inner_state, range_state=range_state)
 
@@ -714,24 +752,18 @@ def average_gradient(
   ) -> tuple[Updates, AverageGradientState]:
     _require(params, value_fn, "average_gradient", updates, extra_args)
     extra_args = {k: v for k, v in extra_args.items() if k != "grad"}  # inner sees no raw grad
-    point = updates
-    range_state = state.range_state
+    point, range_state = updates, state.range_state
     if update_range == "predicted":
-      predicted, _ = inner.update(
-          point, state.inner_state, params, value_fn=value_fn, **extra_args
-      )
-      delta = _scale_tree(predicted, span)
-      if estimator == "trapezoid":
-        avg = _trapezoid_over(point, value_fn, extra_args, params, delta, auto=auto,
-                              fraction=fraction, far_dtype=far_dtype)
-      else:
-        avg = average(_bind_value_fn(value_fn, extra_args), params, delta)
+      delta = _scale_tree(
+          _predicted_step(inner, point, state.inner_state, params, value_fn, extra_args), span)
+      avg = _average_over(point, value_fn, extra_args, params, delta, estimator=estimator,
+                          num_points=num_points, auto=auto, fraction=fraction,
+                          far_dtype=far_dtype)
     else:
       avg, range_state = tracker.update(
           point, range_state, params, value_fn=value_fn, **extra_args
       )
-    avg = _finite_or_point(point, avg)
-    combined = optax.tree.cast_like(combine_fn(point, avg), point)
+    combined = _combined_gradient(combine_fn, point, avg)
     if accumulate == "point":
       extra_args = dict(extra_args, second_moment_updates=point)
     new_updates, inner_state = inner.update(

@@ -590,3 +590,43 @@ def test_wrapper_defaults_are_the_recommended_form_and_the_paper_is_one_argument
 def test_far_batch_fraction_must_be_one_over_a_whole_number():
   with pytest.raises(ValueError, match="1/k for a whole number k"):
     avggrad.adam(1e-3, far_batch_fraction=0.3)
+
+
+def _counting(inner, calls):
+  """``inner`` whose ``update`` counts its calls in ``calls["n"]`` (at trace time under jit)."""
+  inner = optax.with_extra_args_support(inner)
+
+  def update(updates, state, params=None, **extra_args):
+    calls["n"] += 1
+    return inner.update(updates, state, params, **extra_args)
+
+  return optax.GradientTransformationExtraArgs(inner.init, update)
+
+
+@pytest.mark.parametrize("make_inner", [lambda: optax.contrib.muon(1e-2),
+                                        lambda: avggrad.adam_baseline(1e-2)],
+                         ids=["muon", "adam"])
+@pytest.mark.parametrize("update_range, per_step", [("predicted", 2), ("previous", 1)])
+def test_inner_update_runs_once_for_the_step_and_once_for_a_predicted_range(
+    make_inner, update_range, per_step):
+  """Issue 31, item 4: ``inner``'s update (Muon's Newton-Schulz) runs once for the step, and
+  once more only to predict the range (``update_range="predicted"``): no other call, in a
+  jitted step or eager, whatever the estimator; the prediction's state is discarded."""
+  params = {"w": jax.random.normal(jax.random.PRNGKey(0), (6, 4)) / 3, "b": jnp.zeros(4)}
+  x = jax.random.normal(jax.random.PRNGKey(1), (16, 6))
+  loss = lambda p: jnp.mean(jnp.tanh(x @ p["w"] + p["b"]) ** 2)
+  for estimator in ("trapezoid", "factorized"):
+    calls = {"n": 0}
+    tx = avggrad.average_gradient(_counting(make_inner(), calls), estimator=estimator,
+                                  update_range=update_range)
+    state = tx.init(params)
+    step = jax.jit(lambda s, p: tx.update(jax.grad(loss)(p), s, p, value_fn=loss))
+    _, state = step(state, params)
+    assert calls["n"] == per_step
+    _, state = step(state, params)  # compiled: no new trace
+    assert calls["n"] == per_step
+    tx.update(jax.grad(loss)(params), state, params, value_fn=loss)
+    assert calls["n"] == 2 * per_step
+    # The prediction's state is discarded: every step counter of inner moved once a step.
+    counts = optax.tree.get_all_with_path(state.inner_state, "count")
+    assert counts and all(int(c) == 2 for _, c in counts)
