@@ -1,6 +1,6 @@
 """One command that measures whatever accelerator JAX sees: step costs and a tuned sweep.
 
-  PYTHONPATH=. python -m benchmarks.device [--budget 300] [--out DIR] [--quick]
+  PYTHONPATH=. python -m benchmarks.device [--budget 330] [--out DIR] [--quick]
 
 Needs only JAX, Flax, Optax and NumPy (nothing else is imported), so it runs from a checkout
 on a machine where nothing can be installed. Two parts, each skipped or cut short when the
@@ -29,9 +29,10 @@ Writes ``benchmarks/results/device/<device>.json`` and ``<device>.md`` (or into 
 Device time: the default run on one NVIDIA H200 (JAX 0.11.2) took 232 s with the five
 optimizers above and ``auto-adam`` (``../shared/accelerator/h200-2026-12-04``); ``avg-muon``
 on its 7 rates adds two sweeps like those of that folder's ``muon_stacking.py`` (8 sweeps of
-14 runs and the timings in 280 s there: at most about 35 s each), so about 300 s in all. The
-budget (default 300 s) starts no sweep with less than :data:`SWEEP_MARGIN` seconds left, so
-the whole run, compilation included, stays under 6 minutes; what was skipped is listed.
+14 runs, the step times and one step-cost size in 280 s there: about 30 s a sweep), so about
+290 s in all. The budget (default 330 s) starts no sweep with less than
+:data:`SWEEP_MARGIN` seconds left, or 1.25x the longest sweep so far, so the whole run,
+compilation and start-up included, stays under 6 minutes; what was skipped is listed.
 """
 
 from __future__ import annotations
@@ -71,8 +72,8 @@ LADDERS = {"avg-muon": (1e-3, 1e-2)}
 """Optimizers run on part of the ladder only, ``(lowest, highest)`` rate: ``avg-muon`` on
 Muon's fast rates (Muon's fastest rate on the H200 was 2.2e-3 to 3.2e-3)."""
 SWEEP_MARGIN = 40.0
-"""Seconds of budget a sweep needs to start (one sweep of ``avg-muon`` took about 35 s on
-the H200)."""
+"""Seconds of budget a sweep needs to start, at least (a sweep of Muon or ``avg-muon`` took
+about 30 s on the H200); 1.25x the longest sweep so far when that is more."""
 TASKS = {
     "fmnist-small-mlp16-tanh": dict(depth=16, activation="tanh", init="glorot_uniform"),
     "fmnist-small-mlp20-elu": dict(depth=20, activation="elu", init="lecun_normal"),
@@ -136,17 +137,22 @@ def tuned_sweep(tasks: dict[str, dict[str, Any]], budget: Budget, *, steps: int,
   rule; iterations and seconds to the target."""
   train_data = data.load(data.EMBEDDED, "train")
   test_data = data.load(data.EMBEDDED, "test")
+  longest = 0.0
   for task, fields in tasks.items():
     config = training.TrainConfig(width=width, batch_size=batch_size, steps=steps,
                                   eval_every=max(1, steps // 4), eval_examples=500, **fields)
     runs: dict[str, dict[tuple[float, int], training.RunResult]] = {}
     for spec in PEERS:
-      if budget.left() < margin:
+      if budget.left() < max(margin, 1.25 * longest):
         out["skipped"].append(f"sweep {task} {spec}: budget spent")
         continue
+      start = time.perf_counter()
       runs[spec] = sweep.sweep(dataclasses.replace(config, optimizer=spec), ladder(spec, lrs),
                                seeds, train_data=train_data, test_data=test_data,
                                progress=False)
+      seconds = time.perf_counter() - start
+      out["sweep_seconds"].setdefault(task, {})[spec] = seconds
+      longest = max(longest, seconds)
     if "adam" not in runs:
       continue
     step_times = timing.step_seconds(config, list(runs), train_data, number=2, repeats=3)
@@ -256,6 +262,10 @@ def markdown(out: dict[str, Any]) -> str:
                for lr in rates]
       lines.append(f"| {spec} | " + " | ".join(cells) + " |")
     lines.append("")
+  if out.get("sweep_seconds"):
+    lines += ["Seconds per sweep, compilation included: " + "; ".join(
+        f"{task}: " + ", ".join(f"{spec} {sec:.0f}" for spec, sec in by_spec.items())
+        for task, by_spec in out["sweep_seconds"].items()) + ".", ""]
   if out["skipped"]:
     lines += ["Not measured (budget): " + "; ".join(out["skipped"]) + ".", ""]
   return "\n".join(lines)
@@ -269,7 +279,7 @@ def _fmt(value: float, digits: int = 2) -> str:
 
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--budget", type=float, default=300.0,
+  parser.add_argument("--budget", type=float, default=330.0,
                       help="seconds in all (no sweep starts with less than SWEEP_MARGIN left)")
   parser.add_argument("--out", default=os.path.join(HERE, "results", "device"),
                       help="folder for <device>.json and <device>.md")
@@ -283,7 +293,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
   os.makedirs(args.out, exist_ok=True)
   out: dict[str, Any] = {"device": name, "jax": jax.__version__,
                          "device_count": jax.device_count(), "budget": args.budget,
-                         "quick": args.quick, "step_cost": {}, "sweeps": {}, "skipped": [],
+                         "quick": args.quick, "step_cost": {}, "sweeps": {},
+                         "sweep_seconds": {}, "skipped": [],
                          "elapsed": 0.0}
 
   def save() -> None:

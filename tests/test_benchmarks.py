@@ -306,6 +306,8 @@ def test_device_benchmark_sweep_on_cpu(tmp_path, monkeypatch):
   text = (tmp_path / f"{device.device_name()}.md").read_text()
   assert text.index("Rate rule: fastest") < text.index("Rate rule: final loss")
   assert "| avg-muon |  | " in text  # not run at 1e-3: an empty cell in the per-rate table
+  assert set(out["sweep_seconds"][task]) == {"adam", "avg-muon"}
+  assert "Seconds per sweep, compilation included: " in text
 
 
 def _fake_run(losses):
