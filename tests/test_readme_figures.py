@@ -218,3 +218,23 @@ def test_the_result_figures_stay_light():
   assert pngs
   total = sum(p.stat().st_size for p in pngs)
   assert total < 2_000_000, f"{len(pngs)} PNGs take {total / 1e6:.2f} MB"
+
+
+SPREAD_LABELS = {"fmnist-mlp20-elu-lecun": "the ELU MLP",
+                 "imdb-textmlp8-tanh-glorot": "the IMDb text MLP",
+                 "fmnist-mlp64-tanh-glorot": "the 64-layer MLP"}
+
+
+def test_close_calls_step_time_spread_is_the_repeated_timings():
+  # Schedule-free AdamW's step against NAdam's, session by session (each session times both
+  # interleaved, compilation included): min-max and median as the README quotes them.
+  spread = load(RESULTS / "fine" / "overheads_spread.json")["tasks"]
+  readme = text()
+  assert spread
+  for task, optimizers in spread.items():
+    ratios = [a / b for a, b in zip(optimizers["schedule-free-adamw"]["sessions"],
+                                    optimizers["nadam"]["sessions"])]
+    assert len(ratios) >= 3
+    quoted = (f"{min(ratios):.2f}-{max(ratios):.2f}x NAdam's (median "
+              f"{statistics.median(ratios):.2f}, {len(ratios)} sessions) on {SPREAD_LABELS[task]}")
+    assert quoted in readme
