@@ -1,0 +1,55 @@
+"""benchmarks.overheads: repeated sessions record each session and their min/median/max."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from benchmarks import overheads
+
+
+@pytest.fixture
+def fake_timing(monkeypatch):
+  """Sessions whose seconds per step are known: rmsprop 1, 3, 2 ms; adam 2, 3, 8 ms."""
+  times = {"rmsprop": iter([1e-3, 3e-3, 2e-3]), "adam": iter([2e-3, 3e-3, 8e-3])}
+  counter = itertools.count()
+
+  def step_seconds(config, specs, train_data, **kwargs):
+    next(counter)
+    return {spec: {"seconds_per_step": next(times[spec]), "bytes": 100 * (i + 1)}
+            for i, spec in enumerate(specs)}
+
+  monkeypatch.setattr(overheads, "step_seconds", step_seconds)
+  monkeypatch.setattr(overheads.run_lib, "load_splits", lambda config: (None, None))
+  return counter
+
+
+GRID = {"name": "t", "defaults": {"dataset": "fashion_mnist_small", "depth": 2, "width": 8},
+        "optimizers": {"rmsprop": "rmsprop", "adam": "adam"}, "lrs": [1e-3], "seeds": [0],
+        "tasks": [{"name": "task"}]}
+
+
+def test_sessions_record_every_timing_and_their_spread(fake_timing):
+  out = overheads.measure_task(GRID, GRID["tasks"][0], labels=["rmsprop", "adam"], sessions=3)
+  assert next(fake_timing) == 3  # three whole sessions ran
+  adam = out["adam"]
+  assert adam["sessions"] == [2e-3, 3e-3, 8e-3]
+  assert (adam["min"], adam["median"], adam["max"]) == (2e-3, 3e-3, 8e-3)
+  assert adam["seconds_per_step"] == 3e-3
+  # Ratios are taken session by session against that session's base: 2, 1, 4 -> median 2.
+  assert adam["session_ratios"] == pytest.approx([2.0, 1.0, 4.0])
+  assert adam["ratio_rmsprop"] == pytest.approx(2.0)
+  assert adam["memory_ratio_rmsprop"] == pytest.approx(2.0)
+
+
+def test_one_session_keeps_the_old_record(fake_timing):
+  out = overheads.measure_task(GRID, GRID["tasks"][0], labels=["rmsprop", "adam"])
+  assert set(out["adam"]) == {"seconds_per_step", "ratio_rmsprop", "bytes",
+                              "memory_ratio_rmsprop"}
+  assert out["adam"]["ratio_rmsprop"] == pytest.approx(2.0)
+
+
+def test_sessions_must_be_positive():
+  with pytest.raises(ValueError, match="sessions must be at least 1"):
+    overheads.measure_task(GRID, GRID["tasks"][0], sessions=0)
