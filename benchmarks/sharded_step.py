@@ -9,7 +9,8 @@ the input axis of every weight; FSDP on the output axis (each weight ``P(None, "
 each bias ``P("data")``); and a 2-D mesh (``data`` x ``model``, half the devices each way)
 with every weight sharded on ``model`` along its output axis. Each layout is compiled twice:
 with the models' activation constraint (:func:`avggrad.parallel.shard_examples`, the step
-traced under the mesh, as :func:`avggrad.training.train` does) and without it. Variants:
+traced in :func:`avggrad.parallel.examples_on`, as :func:`avggrad.training.train` does) and
+without it. Variants:
 ``optax.adam``, ``avggrad.adam`` with ``batch=`` (the far end on every 4th example, the
 default) and with the whole batch. On forced host devices the time is that of one CPU shared
 by all "devices": the collectives are the point, the times only a sanity check. Writes
@@ -86,7 +87,7 @@ def main() -> None:
         state = place(jax.jit(tx.init)(p))
 
         def traced(p, s, x, y, tx=tx, constrained=constrained):
-          context = (jax.sharding.use_abstract_mesh(mesh.abstract_mesh) if constrained
+          context = (parallel.examples_on(mesh) if constrained  # as DataParallel.tracing
                      else contextlib.nullcontext())
           with context:
             p, s, _ = training.update_step(tx, graphdef, p, r, s, x, y)

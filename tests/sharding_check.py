@@ -1,4 +1,5 @@
-"""Data-parallel steps on 8 forced host devices against one device (run by test_sharding.py).
+"""Data-parallel steps on 8 forced host devices against one device (run by test_sharding.py);
+``python tests/sharding_check.py models``: every model under the meshes users set.
 
 Run as a script in its own process: XLA_FLAGS must be set before JAX starts.
 """
@@ -111,7 +112,7 @@ def far_end_moves_no_examples() -> None:
   sharded over ``data``, under every common parameter layout: replicated, FSDP on the input
   axis and on the output axis of every weight (biases on ``data``), and a 2-D mesh (data 4 x
   model 2) with every weight sharded on ``model``. With activations kept on ``data``
-  (``avggrad.parallel.shard_examples``, the step traced under the mesh): no
+  (``avggrad.parallel.shard_examples``, the step traced in ``examples_on(mesh)``): no
   collective-permute or all-to-all, at most twice ``optax.adam``'s all-gathers (two
   gradients) and none with replicated params; and the step matches one device."""
   params = helpers.mlp_params(jax.random.PRNGKey(0), [16, 64, 64, 64, 8])
@@ -127,7 +128,7 @@ def far_end_moves_no_examples() -> None:
 
   def make_step(tx, mesh):
     def step(p, s, xb, yb):
-      with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      with parallel.examples_on(mesh):  # the loop's context (DataParallel.tracing)
         grads = jax.grad(value_fn)(p, (xb, yb))
         updates, s = tx.update(grads, s, p, value_fn=value_fn, batch=(xb, yb))
       return optax.apply_updates(p, updates), s
@@ -238,7 +239,31 @@ def training_matches_one_device() -> None:
   print("checkpoint written on 8 devices resumes on one")
 
 
+def models_under_user_meshes() -> None:
+  """Every model of avggrad.models on 8 devices, called as users call it (issue 32): no
+  mesh, ``jax.set_mesh`` with Auto and Explicit axes, inside ``jax.shard_map`` over ``data``:
+  the no-mesh output and no sharding constraint; in the loop's context
+  (``parallel.examples_on``, Auto axis) one constraint per hidden activation, the same output."""
+  from tests.test_models import MODEL_CASES, model_setups
+
+  for name, (make, inputs, hidden) in sorted(MODEL_CASES.items()):
+    model, x = make(), inputs(16)
+    rows = model_setups(model, x, devices=8)
+    reference = rows[0][1]
+    worst = 0.0
+    for setup, out, count in rows:
+      np.testing.assert_allclose(out, reference, rtol=1e-5, atol=1e-5, err_msg=setup)
+      worst = max(worst, float(np.max(np.abs(np.asarray(out) - np.asarray(reference)))))
+      expected = hidden if setup == "loop context Auto" else 0
+      assert count == expected, (name, setup, count, expected)
+    print(f"model {name} on 8 devices: {len(rows)} setups, max abs. difference to no mesh "
+          f"{worst:.1e}, constraints only in the loop's context, plain under user meshes")
+
+
 if __name__ == "__main__":
-  main()
-  far_end_moves_no_examples()
-  training_matches_one_device()
+  if sys.argv[1:] == ["models"]:  # a process of its own (test_sharding.py)
+    models_under_user_meshes()
+  else:
+    main()
+    far_end_moves_no_examples()
+    training_matches_one_device()

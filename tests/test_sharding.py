@@ -23,6 +23,19 @@ def test_data_parallel_step_matches_one_device_and_keeps_shardings():
   assert "checkpoint written on 8 devices resumes on one" in out, out
 
 
+def test_models_under_user_meshes_on_eight_devices():
+  """Issue 32: every model of avggrad.models on 8 devices under no mesh, jax.set_mesh with
+  Auto and Explicit axes and inside jax.shard_map over data gives the no-mesh output and adds
+  no constraint; only the loop's context pins activations (one constraint per hidden layer)."""
+  from tests.test_models import MODEL_CASES
+
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  result = subprocess.run([sys.executable, str(HERE / "sharding_check.py"), "models"],
+                          capture_output=True, text=True, env=env, timeout=600)
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert result.stdout.count("plain under user meshes") == len(MODEL_CASES), result.stdout
+
+
 def test_two_processes_train_as_one(tmp_path):
   """2 processes x 2 devices, each feeding its half of every batch, give the losses and final
   parameters of one process with 4 devices."""
