@@ -238,3 +238,17 @@ def test_close_calls_step_time_spread_is_the_repeated_timings():
     quoted = (f"{min(ratios):.2f}-{max(ratios):.2f}x NAdam's (median "
               f"{statistics.median(ratios):.2f}, {len(ratios)} sessions) on {SPREAD_LABELS[task]}")
     assert quoted in readme
+
+
+def test_rmsprop_eps_placement_claim_is_the_probes():
+  # "0 of 2 seeds reached Adam's target at any of ..." for every form at both placements.
+  probe = load(RESULTS / "fine" / "rmsprop_eps.json")
+  reached = [i is not None for rows in probe["runs"].values() for row in rows.values()
+             for i in row["iterations"]]
+  assert len(probe["runs"]) == 6 and reached and not any(reached)
+  def rate(lr: float) -> str:
+    return f"{lr:.0e}".replace("e-0", "e-")  # 1e-05 -> 1e-5
+
+  rates = ", ".join(rate(lr) for lr in probe["lrs"][:-1]) + f" and {rate(probe['lrs'][-1])}"
+  assert (f"0 of {len(probe['seeds'])} seeds reached Adam's target at any of {rates} in "
+          f"{probe['steps']} steps") in text()
