@@ -252,3 +252,16 @@ def test_rmsprop_eps_placement_claim_is_the_probes():
   rates = ", ".join(rate(lr) for lr in probe["lrs"][:-1]) + f" and {rate(probe['lrs'][-1])}"
   assert (f"0 of {len(probe['seeds'])} seeds reached Adam's target at any of {rates} in "
           f"{probe['steps']} steps") in text()
+
+
+@pytest.mark.skipif(not H200.is_dir(), reason="the shared accelerator measurements are absent")
+def test_h200_auto_adam_figures_are_the_shared_measurements():
+  sweeps = list(load(H200 / "gpu_nvidia_h200.json")["sweeps"].values())
+  per_rate = [s["per_rate"]["auto-adam"] for s in sweeps]
+  seed1 = [sum(v[1] is not None for v in p.values()) for p in per_rate]
+  assert all(v[0] is None for p in per_rate for v in p.values())  # seed 0 never reached
+  reached = [i for p in per_rate for v in p.values() for i in v if i is not None]
+  scales = len(per_rate[0])
+  assert (f"seed 1 from {seed1[0]} of {scales} initial scales (1e-4 to 1e-2) on the tanh MLP "
+          f"and {seed1[1]} of {scales} on the ELU MLP ({min(reached)} to {max(reached)} "
+          "iterations), seed 0 from none") in text()
