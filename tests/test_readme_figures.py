@@ -166,6 +166,11 @@ def test_h200_figures_are_the_shared_measurements():
   cost = [v["vs_muon"] for k, v in stacking["step_cost"]["32x1024b512"].items()
           if k.startswith("avg-muon")]
   assert f"{min(cost):.1f}x to {max(cost):.1f}x Muon's step at width 1024" in readme
+  default = [size["avggrad.adam (1/4 batch, default)"]["vs_optax_adam"]
+             for size in device["step_cost"].values()]
+  assert "default step costs {:.2f}x, {:.2f}x and {:.2f}x `optax.adam`'s at".format(
+      *default) in readme
+  assert f"and {span(default, 2)} on one NVIDIA H200" in text("docs/guide.md")
   vs_peer = [s["optimizers"]["avg-adam"]["wall_vs_best_peer"] for s in sweeps]
   assert f"takes {vs_peer[0]:.2f}x and {vs_peer[1]:.2f}x its wall-clock" in readme
 
