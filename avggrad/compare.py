@@ -190,7 +190,7 @@ class Comparison:
     fig.suptitle(f"{c['dataset']}: {c['model']} depth {c['depth']}, {c['activation']}, "
                  f"{c['init']}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=80)  # the size a README or a report needs
     plt.close(fig)
 
 
