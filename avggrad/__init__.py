@@ -27,6 +27,15 @@ from avggrad.transforms import (
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+  # compare_on imports the training harness (Flax, the data loaders): only when asked for.
+  if name == "compare_on":
+    from avggrad.custom import compare_on
+
+    return compare_on
+  raise AttributeError(f"module 'avggrad' has no attribute {name!r}")
+
 __all__ = [
     "ACCUMULATORS",
     "AUTO_DEFAULTS",
@@ -44,6 +53,7 @@ __all__ = [
     "auto",
     "auto_adam",
     "average_gradient",
+    "compare_on",
     "coverage",
     "current_scale",
     "rmsprop",
