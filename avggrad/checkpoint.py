@@ -1,9 +1,9 @@
 """Checkpoints of a training run with Orbax: the parameters, the optimizer state, the step,
 what regenerates the data order (its position and a hash to check it on resume) and the
 record so far, so that a rerun resumes where the last one stopped. A checkpoint's size does
-not grow with the step (:func:`avggrad.training.encode_record`).
+not grow with the step (:func:`avggrad.loop.encode_record`).
 
-:func:`avggrad.training.train` (``checkpoint_dir=..., checkpoint_every=K``; ``avggrad train
+:func:`avggrad.loop.train` (``checkpoint_dir=..., checkpoint_every=K``; ``avggrad train
 --checkpoint-dir DIR --checkpoint-every K``) saves every ``K`` steps with an
 ``orbax.checkpoint.CheckpointManager`` and, when the folder already holds a checkpoint of the
 same configuration, restores the latest one first. Arrays are restored into the shardings of

@@ -47,7 +47,8 @@ carries momentum 0.9 and wants a 10x lower rate)."""
 
 
 class NonFiniteLossError(FloatingPointError):
-  """Raised by :func:`train` with ``raise_on_nonfinite=True`` when the loss diverges."""
+  """Raised by :func:`avggrad.loop.train` with ``raise_on_nonfinite=True`` when the loss
+  diverges."""
 
 
 @dataclasses.dataclass
@@ -89,7 +90,8 @@ class TrainConfig:
 
   @classmethod
   def for_model(cls, model: str, **settings: Any) -> "TrainConfig":
-    """A configuration of ``model`` with its :data:`MODEL_DEFAULTS`, then ``settings``."""
+    """A configuration of ``model`` with its :data:`avggrad.config.MODEL_DEFAULTS`, then
+    ``settings``."""
     if model not in MODELS:
       raise ValueError(f"Unknown model {model!r}; expected one of {', '.join(MODELS)}.")
     return cls(model=model, **(MODEL_DEFAULTS[model] | settings))

@@ -50,7 +50,7 @@ DEFAULT_OPTIMIZERS: tuple[str, ...] = ("adam", "avg-adam", "nadam", "schedule-fr
 
 DEFAULT_LRS: tuple[float, ...] = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 """:func:`compare_on`'s learning-rate grid when none is given, shared by every optimizer:
-``avggrad compare``'s (:data:`avggrad.cli.MAIN_JOB_LRS`), wide enough that every default
+``avggrad compare``'s (``avggrad.cli.MAIN_JOB_LRS``), wide enough that every default
 optimizer's usual rate is inside it."""
 
 
@@ -203,8 +203,8 @@ class Result:
 
   @property
   def summaries(self) -> dict[str, compare_lib.OptimizerSummary]:
-    """Each optimizer's figures at its chosen rate, by spec: ``best_lr``, ``iterations``
-    (per seed, ``None`` where the target was missed), ``seconds_per_step``, ..."""
+    """Each optimizer's figures at its chosen rate, by spec (``best_lr``, ``iterations``
+    per seed with ``None`` where the target was missed, ``seconds_per_step``, ...)."""
     return {s.optimizer: s for s in self.comparison.summaries}
 
   @property
@@ -284,7 +284,7 @@ def compare_on(
     eval_examples: training examples the periodic evaluation uses.
     schedule: ``"constant"`` or ``"warmup_cosine"`` (peaking at each rate).
     progress: a progress bar per optimizer (with its time left).
-    devices, shard_params: data parallelism, as in :func:`avggrad.training.train`.
+    devices, shard_params: data parallelism, as in :func:`avggrad.loop.train`.
     name: what records call the task (default: ``make_model``'s name).
 
   Returns:

@@ -88,7 +88,7 @@ class TrainState(train_state.TrainState):
 
 def nnx_model(module: Any, example_x: Any) -> Callable[[Any], Any]:
   """A Linen module as an NNX model factory ``rngs -> nnx.Module``, the form
-  :func:`avggrad.compare_on` and :class:`avggrad.tasks.Task` take.
+  :func:`avggrad.custom.compare_on` and :class:`avggrad.tasks.Task` take.
 
   Each call wraps ``module`` in ``flax.nnx.bridge.ToNNX`` and initialises it on
   ``example_x`` (a batch of inputs; its values do not matter) with the given ``rngs``; the

@@ -315,8 +315,8 @@ def run_loop(config: TrainConfig, program: Program, indices: Any, *, eval_data: 
   checkpoint; after each chunk it fetches the losses, marks runs that diverged
   (:func:`avggrad.metrics.divergence_step`), evaluates the training loss and accuracy on
   ``eval_data`` and reports progress. It stops when every run has diverged or the budget is
-  spent, then evaluates the runs still alive on ``test_data`` (``None``: NaN). The time per step leaves out
-  the compilation and the first chunk (warm-up). ``resume`` is a checkpoint's record
+  spent, then evaluates the runs still alive on ``test_data`` (``None``: NaN). The time per
+  step leaves out the compilation and the first chunk (warm-up). ``resume`` is a checkpoint's record
   (``step``, ``losses`` as a ``(steps, runs)`` array, ``evals``) to continue from;
   ``checkpoint(step, carry, record)`` is called every ``checkpoint_every`` steps with a record
   of the same form (the whole budget's loss array, unfilled past ``step``).
@@ -393,7 +393,8 @@ def held_out(dp: parallel.DataParallel, task: Task) -> Optional[tuple]:
 
 
 def place_data(dp: parallel.DataParallel, tree: Any) -> Any:
-  """The arrays of ``tree`` as the devices hold them (:meth:`DataParallel.place_data`)."""
+  """The arrays of ``tree`` as the devices hold them
+  (:meth:`avggrad.parallel.DataParallel.place_data`)."""
   return jax.tree.map(dp.place_data, tree)
 
 
@@ -596,8 +597,8 @@ def train(
     out_dir: if given, ``config.json`` and ``metrics.jsonl`` (one JSON object per evaluation,
       then a final summary with the per-step losses) are written there as the run goes.
     progress: report progress (a bar on a terminal, one line per evaluation otherwise).
-    raise_on_nonfinite: raise :class:`NonFiniteLossError` (after writing the log) instead of
-      returning a result with ``status="diverged at step N"``.
+    raise_on_nonfinite: raise :class:`avggrad.config.NonFiniteLossError` (after writing the
+      log) instead of returning a result with ``status="diverged at step N"``.
     devices: data parallelism over all devices JAX sees (``None``, the default), the first
       ``n`` (an int: ``1`` for one device) or the given devices: the batch is sharded over a
       ``data`` mesh axis (:mod:`avggrad.parallel`).

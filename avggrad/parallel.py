@@ -1,7 +1,7 @@
 """Data parallelism as JAX users write it: a ``Mesh`` with a ``data`` axis, the batch sharded
 over it, the parameters replicated (or sharded, FSDP-style).
 
-:class:`DataParallel` is what :func:`avggrad.training.train`, :func:`avggrad.sweep.sweep`,
+:class:`DataParallel` is what :func:`avggrad.loop.train`, :func:`avggrad.sweep.sweep`,
 ``avggrad train``/``compare`` and the benchmark runner use to place their arrays. By default it
 takes every device JAX sees (all hosts' devices after ``jax.distributed.initialize()``); on one
 device it places nothing, so single-device runs are exactly what they were.

@@ -4,7 +4,7 @@
 once. The runs are ``jax.vmap``-ed (over learning rates, and over seeds with stacked initial
 parameters and minibatch orders) and the steps between two evaluations are one
 ``jax.lax.scan``, so the host launches one program per evaluation interval instead of one per
-step and run. Each run is the same computation as :func:`avggrad.training.train` with the same
+step and run. Each run is the same computation as :func:`avggrad.loop.train` with the same
 configuration, learning rate and seed: the same initial weights, minibatches, optimizer and
 losses (up to floating-point reassociation; ``tests/test_sweep.py`` checks the curves).
 
@@ -115,7 +115,7 @@ def sweep(
     progress: report progress (a bar on a terminal, one line per evaluation otherwise).
     scan: run the steps between two evaluations as one ``lax.scan`` (``False``: one compiled
       call per step, all runs together; on CPU a scan over convolutions can be slower).
-    devices, shard_params: data parallelism, as in :func:`avggrad.training.train` (every
+    devices, shard_params: data parallelism, as in :func:`avggrad.loop.train` (every
       run's batch sharded over the devices; parameters replicated or sharded).
     memory_bytes: the device memory the runs may use (default: what the device reports
       free, or the host's available memory on CPU; :func:`free_bytes`). The runs are split

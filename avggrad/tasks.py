@@ -79,7 +79,7 @@ BUILTIN: Mapping[str, Callable[[TrainConfig, data_lib.Dataset, nnx.Rngs], nnx.Mo
         "mlp": _mlp, "cnn": _cnn, "resnet": _resnet, "text-mlp": _text("mlp"),
         "text-conv": _text("conv"), "text-lm": _text_lm,
     }))
-"""The built-in models, by the name :attr:`TrainConfig.model` gives: each builds its model
+"""The built-in models, by the name ``TrainConfig.model`` gives: each builds its model
 from a configuration, the training split (for the input shape and the classes) and the
 ``nnx.Rngs``. Every one is a classification task (:func:`softmax_cross_entropy`,
 :func:`classification_sums`). Read-only."""
@@ -174,7 +174,7 @@ class Task:
 
   def eval_sums(self, model: nnx.Module, x: Any, y: Any
                 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Summed loss, correct predictions and count on ``(x, y)`` (:attr:`sums`)."""
+    """Summed loss, correct predictions and count on ``(x, y)`` (``sums``)."""
     outputs = model(x)
     if self.sums is not None:
       return self.sums(outputs, y)

@@ -80,8 +80,8 @@ def step_seconds(config: Any, specs: Sequence[str], train_data: Any, *, lr: floa
                  memory: bool = False, dp: Any = None) -> dict[str, dict[str, float]]:
   """Seconds per training step of each optimizer spec on ``config``'s model, interleaved.
 
-  Each optimizer runs ``chunk`` steps of :func:`avggrad.training.update_step` (compiled as
-  :func:`avggrad.training.train` compiles it, :func:`avggrad.training.compile_step`) per call,
+  Each optimizer runs ``chunk`` steps of :func:`avggrad.loop.update_step` (compiled as
+  :func:`avggrad.loop.train` compiles it, :func:`avggrad.loop.compile_step`) per call,
   in turns with the others, ``number`` calls per turn and ``repeats`` turns; the median per
   step is reported. A small learning rate keeps every optimizer in its ordinary regime while
   it is timed. ``dp`` (an :class:`avggrad.parallel.DataParallel`) times the data-parallel
