@@ -1,21 +1,21 @@
 """Newton-Schulz once a step: ``avg-muon`` with the previous step as its range.
 
-Issue 31 item 4: with ``update_range="predicted"`` (the default) :func:`avggrad.average_gradient`
-runs the inner update twice a step (once on the point gradient to predict the range, once on
-the combined gradient), so ``avg-muon`` pays for Muon's Newton-Schulz twice; with
-``update_range="previous"`` (the range is the update applied at the previous step) it runs
-once. This trains ``muon``, ``muon-split``, ``avg-muon`` (predicted) and
-``avg-muon:update_range=previous`` on deep tasks of the fine grid at Muon's fast rates, on the
-same seeds, and prints one JSON line per (task, spec): iterations to the grid's target per
-rate and seed, the fastest rate (:func:`avggrad.protocol.fastest_lr`, AlgoPerf's rule) and its
-median; then, per task, the seconds per step of each spec (:func:`avggrad.timing.step_seconds`,
-one run, not batched) and their ratio to ``muon``'s.
+Issue 31 item 4: with ``update_range="predicted"`` (the default),
+:func:`avggrad.average_gradient` runs the inner update twice a step (once on the point gradient
+to predict the range, once on the combined gradient), so ``avg-muon`` pays for Muon's
+Newton-Schulz twice; with ``update_range="previous"`` (the range is the update applied at the
+previous step) it runs once. This trains ``avg-muon`` with each range, ``muon-split`` and
+``muon`` on deep tasks of the fine grid at Muon's fast rates, on the same seeds, and prints one
+JSON line per (task, spec): iterations to the grid's target per rate and seed, the fastest rate
+(:func:`avggrad.protocol.fastest_lr`, AlgoPerf's rule) and its median; then, per task, the
+seconds per step of each spec (:func:`avggrad.timing.step_seconds`, one run, not batched) and
+their ratio to ``muon``'s.
 
 Usage::
 
   python -m benchmarks.probes.muon_range benchmarks/grids/fine.json
-      [--tasks fmnist-mlp16-tanh-glorot,...] [--rates 0.00147,0.00215,0.00316]  # default: 0.00147,0.00215
-      [--seeds 0,1] [--data-dir DIR]
+      [--tasks fmnist-mlp16-tanh-glorot,...] [--rates 0.00147,0.00215] [--seeds 0,1]
+      [--specs 'avg-muon:update_range=predicted;muon'] [--data-dir DIR]
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ import time
 from avggrad import protocol, sweep, tasks as tasks_lib, timing
 from benchmarks import run as run_lib
 
-SPECS = ("avg-muon", "avg-muon:update_range=previous", "muon-split", "muon")
+SPECS = ("avg-muon:update_range=predicted", "avg-muon:update_range=previous", "muon-split",
+         "muon")
 # Muon's fastest rate in benchmarks/results/fine (protocol.fastest_lr over its records) is
 # 0.00215 on both tasks, the top rung it ran there; 0.00147 is next (and ties on seeds 0, 1).
 RATES = (0.00147, 0.00215)
