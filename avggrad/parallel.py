@@ -137,24 +137,27 @@ def shard_examples(x: jax.Array) -> jax.Array:
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
-def lookup_sharding(ids: jax.Array) -> Optional[P]:
+def lookup_sharding(ids: jax.Array) -> Optional[NamedSharding]:
   """The ``out_sharding`` of an embedding lookup of ``ids`` (``nnx.Embed(ids, out_sharding=)``).
 
-  Under ``Explicit`` mesh axes (sharding in types, ``jax.set_mesh``), a lookup of ids sharded
-  over the batch has no unambiguous output sharding and JAX refuses it; the output is sharded
-  as ``ids`` are, its feature axis whole. ``None`` (JAX's own choice) wherever the ids' type
-  carries no sharding: no mesh, ``Auto`` axes, inside ``jax.shard_map``.
+  Under ``Explicit`` mesh axes (sharding in types: ``jax.set_mesh``, or ids placed on such a
+  mesh), a lookup of ids sharded over the batch has no unambiguous output sharding and JAX
+  refuses it; the output is sharded as ``ids`` are, its feature axis whole. ``None`` (JAX's
+  own choice) wherever the ids' type carries no sharding: no mesh, ``Auto`` axes, inside
+  ``jax.shard_map``.
 
   Args:
     ids: integer ids.
 
   Returns:
-    ``P(*ids_spec, None)`` when ``ids`` are sharded in their type, else ``None``.
+    ``NamedSharding(ids_mesh, P(*ids_spec, None))`` when ``ids`` are sharded in their type,
+    else ``None``.
   """
-  spec = tuple(jax.typeof(ids).sharding.spec)
+  sharding = jax.typeof(ids).sharding
+  spec = tuple(sharding.spec)
   if all(s is None for s in spec):
     return None
-  return P(*spec, *[None] * (ids.ndim - len(spec)), None)
+  return NamedSharding(sharding.mesh, P(*spec, *[None] * (ids.ndim - len(spec)), None))
 
 
 def data_mesh(devices: Union[None, int, Sequence[jax.Device]] = None) -> Mesh:

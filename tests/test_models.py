@@ -151,8 +151,8 @@ def constraints(fn, x) -> int:
 
 
 def model_setups(model, x, devices: int):
-  """``(setup, output, constraints)`` for a model called as users call it: no mesh;
-  ``jax.set_mesh`` with Auto and with Explicit axes (the batch sharded over ``data``); inside
+  """``(setup, output, constraints)`` for a model called as users call it: no mesh; the batch
+  sharded over ``data`` of an Auto or Explicit mesh, without and with ``jax.set_mesh``; inside
   ``jax.shard_map`` over ``data``; and, for contrast, inside the training loop's context
   (:func:`avggrad.parallel.examples_on`, Auto and Explicit), alone and around a shard_map."""
   apply = jax.jit(lambda x: model(x))
@@ -161,6 +161,8 @@ def model_setups(model, x, devices: int):
     mesh = jax.make_mesh((devices,), ("data",), axis_types=(getattr(jax.sharding.AxisType, kind),))
     xb = jax.device_put(x, NamedSharding(mesh, P("data")))
     mapped = jax.shard_map(lambda x: model(x), mesh=mesh, in_specs=P("data"), out_specs=P("data"))
+    rows.append((f"input on the {kind} mesh, no set_mesh", apply(xb),
+                 constraints(lambda x: model(x), xb)))
     with jax.set_mesh(mesh):
       rows.append((f"set_mesh {kind}", apply(xb), constraints(lambda x: model(x), xb)))
     rows.append((f"shard_map ({kind} mesh)", jax.jit(mapped)(xb), constraints(mapped, xb)))
