@@ -3,17 +3,21 @@ r"""A step length set by the parabola each step measures along itself: no learni
 :func:`avggrad.auto` wraps any Optax optimizer. Its update :math:`u_t` (the inner learning rate
 included) is the direction and the initial step; a global scale :math:`s_t` multiplies it,
 :math:`\Delta_t = s_t u_t`. Every step measures, on every :math:`k`-th example of the
-minibatch, the parabola of the loss along the step from its first and second directional
-derivatives (``jax.jvp`` of ``jax.jvp``):
+minibatch, the parabola of the loss along the step:
 
 .. math::
 
   p_t = -\nabla L_S(w_t) \cdot u_t, \qquad
-  c_t = u_t^\top \nabla^2 L_S(w_t)\, u_t ,
+  c_t = \frac{2}{s_t^2}\bigl(L_S(w_t + \Delta_t) - L_S(w_t) + s_t p_t\bigr)
+  \approx u_t^\top \nabla^2 L_S(w_t)\, u_t ,
 
-the slope and the curvature per unit scale, both exact (a curvature from the difference of
-two float32 losses is rounding noise on a short step). Exponential averages :math:`\bar p,
-\bar c` of the two parts (not of their ratio) give the scale at the minimum of the averaged
+the slope (a forward-mode derivative) and the secant curvature per unit scale (one more
+loss). On a step so short that float32 cannot resolve that loss change (the difference of two
+close losses is rounding noise), :math:`c_t` is the second directional derivative
+:math:`u_t^\top \nabla^2 L_S(w_t) u_t` instead (``jax.jvp`` of ``jax.jvp``, exact); on a long
+step the secant sees how the curvature changes along it, which the local one misses (on a
+32-layer tanh MLP the local curvature alone let one seed of three diverge). Exponential
+averages :math:`\bar p, \bar c` of the two parts (not of their ratio) give the scale at the minimum of the averaged
 parabola, :math:`s^* = \bar p / \bar c`, and the scale moves toward :math:`s^*/\kappa` in log
 space with a capped change per step:
 
@@ -32,8 +36,8 @@ measured:
   step raises it, the scale is cut by :math:`\rho_\downarrow`;
 - a step is applied at :math:`\min(s_t, s_{t+1})`: a cut shortens it at once, growth waits
   for the next (measured) step;
-- the loss at the far end :math:`w_t + s_t u_t` is computed too: where it is not finite the
-  step is not applied at all (a zero update) and the scale is cut by :math:`\rho_\downarrow`.
+- where the loss at the far end :math:`w_t + s_t u_t` is not finite the step is not applied
+  at all (a zero update) and the scale is cut by :math:`\rho_\downarrow`.
 """
 
 from __future__ import annotations
@@ -67,22 +71,35 @@ class ScaleByAutoState(NamedTuple):
   inner_state: optax.OptState
 
 
+RESOLVED = 100.0
+"""The secant curvature is used where the loss change it rests on exceeds this many times its
+rounding error (about 1% error); on shorter steps the second directional derivative is."""
+
+
 def _measure(value_fn: Callable[..., Any], params: Any, direction: Any,
              scale: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-  r"""``(p, c, far loss)``: the slope :math:`p = -\nabla L \cdot u` and curvature
-  :math:`c = u^\top H u` per unit scale along ``direction`` :math:`u`, and the loss at the far
-  end :math:`w + s u` of the step.
+  r"""``(p, c, far loss)``: the slope :math:`p = -\nabla L \cdot u` and curvature :math:`c`
+  per unit scale along ``direction`` :math:`u`, and the loss at the far end :math:`w + s u`.
 
-  :math:`p` and :math:`c` are the first and second directional derivatives at ``params``
-  (``jax.jvp`` of ``jax.jvp``): exact, where a curvature from the difference of two float32
-  losses would be rounding noise on a short step. The far end's loss is only checked for
-  being finite.
+  :math:`p` and the local curvature :math:`u^\top H u` are the first and second directional
+  derivatives at ``params`` (``jax.jvp`` of ``jax.jvp``), exact. :math:`c` is the secant
+  curvature of the step, :math:`2 (L(w + s u) - L(w) + s p) / s^2`, which sees the curvature
+  change along a long step, where the loss change resolves it (:data:`RESOLVED`: its rounding
+  error under about 1%); on a step too short for float32 to resolve it (the difference of two
+  close losses is rounding noise), the local curvature.
   """
   along = jax.tree.map(lambda d, p: d.astype(p.dtype), direction, params)
   first = lambda w: jax.jvp(value_fn, (w,), (along,))  # noqa: E731
-  (_, derivative), (_, second) = jax.jvp(first, (params,), (along,))
+  (loss0, derivative), (_, second) = jax.jvp(first, (params,), (along,))
   far = jax.tree.map(lambda p, d: (p + scale * d).astype(p.dtype), params, along)
-  return (-derivative).astype(jnp.float32), second.astype(jnp.float32), value_fn(far)
+  far_loss = value_fn(far)
+  excess = far_loss - loss0 - scale * derivative  # s^2 c / 2 for the secant c
+  eps = jnp.finfo(jnp.result_type(far_loss, loss0)).eps
+  rounding = 4.0 * eps * (jnp.abs(loss0) + jnp.abs(far_loss))
+  resolved = jnp.isfinite(far_loss) & (jnp.abs(excess) > RESOLVED * rounding)
+  safe = jnp.maximum(scale, jnp.finfo(jnp.float32).tiny)
+  curvature = jnp.where(resolved, 2.0 * excess / jnp.square(safe), second)
+  return (-derivative).astype(jnp.float32), curvature.astype(jnp.float32), far_loss
 
 
 def _check_hyperparameters(**values: Any) -> None:
@@ -135,8 +152,8 @@ def auto(
     -\log \rho_{\downarrow}, \log \rho_{\uparrow}\bigr).
 
   The scale starts at 1, so ``inner``'s learning rate is only the initial step. The
-  measurement costs a second-order forward-mode derivative and one loss (the far end's, only
-  checked for being finite) on a quarter of the minibatch
+  measurement costs a second-order forward-mode derivative and one loss (the far end's) on a
+  quarter of the minibatch
   (``far_batch_fraction``), when ``update`` receives ``batch=`` (and ``value_fn`` takes it);
   on the whole loss otherwise. :math:`\bar p, \bar c` are global scalars: under data
   parallelism one all-reduce each.

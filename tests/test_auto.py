@@ -72,7 +72,8 @@ def test_averages_the_parts_not_the_ratio(x64):
 def test_a_step_whose_far_end_is_not_finite_is_not_applied(x64):
   """On L = -w - log(2 - w) from 0, SGD(10) proposes u = 5, past the pole at 2: no step is
   taken and the scale halves (max_cut 2) until the far end is finite (scale 1/4: w = 1.25);
-  that step is taken at the controller's next scale, from p = 2.5, c = u^2 L''(0) = 6.25."""
+  the curvature there is the local u^2 L''(0) = 6.25 (no finite far end), then the secant of
+  the step to 1.25; that step is taken at the controller's next scale."""
   loss = lambda w: jnp.sum(-w - jnp.log(2.0 - w))
   tx = avggrad.auto(optax.sgd(10.0))
   w = jnp.zeros(1)
@@ -82,9 +83,12 @@ def test_a_step_whose_far_end_is_not_finite_is_not_applied(x64):
     assert float(updates[0]) == 0.0
     np.testing.assert_allclose(state.scale, expected_scale, rtol=1e-7)
   assert int(state.count) == 2  # the slope and curvature at w were finite and averaged
+  np.testing.assert_allclose(state.curvature / (1 - 0.9**2), 6.25, rtol=1e-6)
   updates, state = tx.update(jax.grad(loss)(w), state, w, value_fn=loss)
-  best = 2.5 / 6.25
-  scale = 0.25 * (best / 2.0 / 0.25) ** 0.1  # gain 0.1 toward s*/kappa, kappa 2
+  f = lambda v: -v - np.log(2.0 - v)
+  p, secant = 2.5, 2.0 * (f(1.25) - f(0.0) + 0.25 * 2.5) / 0.25**2
+  c_bar = (0.081 * 6.25 + 0.09 * 6.25 + 0.1 * secant) / (1 - 0.9**3)
+  scale = 0.25 * (p / c_bar / 2.0 / 0.25) ** 0.1  # gain 0.1 toward s*/kappa, kappa 2
   np.testing.assert_allclose(state.scale, scale, rtol=1e-6)
   np.testing.assert_allclose(updates, [5.0 * scale], rtol=1e-6)  # the cut applies at once
   assert float(loss(w + updates)) < float(loss(w))
@@ -126,7 +130,9 @@ def test_a_cut_is_capped_at_max_cut(x64):
 def test_curvature_is_exact_where_a_loss_difference_is_rounding_noise():
   """In float32, L = 1000 + w'Aw/2 along a 1e-4 SGD step: the loss change (~1e-7) is below
   float32's resolution at 1000 (6e-5), yet the curvature c = lr^2 g'Ag (NumPy, float64)
-  comes out to float32 precision."""
+  comes out to float32 precision (the second directional derivative); on a long step, whose
+  loss change float32 resolves, the secant curvature of the step: on a quartic it differs
+  from the local one, and matches its closed form."""
   w, a, quad = _quadratic()
   loss = lambda v: 1000.0 + quad(v)
   lr = 1e-4
@@ -136,6 +142,13 @@ def test_curvature_is_exact_where_a_loss_difference_is_rounding_noise():
   a64 = np.asarray(a, np.float64)
   np.testing.assert_allclose(state.curvature, lr**2 * g @ a64 @ g, rtol=1e-5)
   np.testing.assert_allclose(state.slope, lr * g @ g, rtol=1e-5)
+  # L = w^4 / 4 at w = 1, SGD(0.5): u = -0.5; the local u^2 L'' = 0.75, the secant over the
+  # step to 0.5: 2 (L(0.5) - L(1) - L'(1) u) = 2 (0.015625 - 0.25 + 0.5) = 0.53125.
+  quartic = lambda v: jnp.sum(v**4) / 4.0
+  tx = avggrad.auto(optax.sgd(0.5), decay=0.0)
+  v = jnp.ones(1)
+  _, state = tx.update(jax.grad(quartic)(v), tx.init(v), v, value_fn=quartic)
+  np.testing.assert_allclose(state.curvature, 0.53125, rtol=1e-6)
 
 
 def test_curvature_on_a_tanh_mlp_matches_float64():

@@ -7,10 +7,13 @@ first Adam step ``u`` at a 1e-5 rate, computed four ways: the old form ``2 (L(w+
 p)`` and ``jax.jvp`` of ``jax.jvp``, each in float32 and float64; and ``s* = p / c``.
 ``ramp``: ``auto_adam`` from small initial rates, with only the curvature's computation
 swapped (the old difference form patched in), the effective rate ``scale x rate`` along the
-first steps and the training loss at the end. Usage::
+first steps and the training loss at the end. ``cost``: the time of one training step
+(gradient, update, apply; jitted) of Adam and of ``auto_adam`` with either curvature, timed
+interleaved in one process (median of rounds). Usage::
 
   python -m benchmarks.probes.auto_curvature curvature [--data-dir ../shared/data]
   python -m benchmarks.probes.auto_curvature ramp [--steps 200] [--seeds 0 1]
+  python -m benchmarks.probes.auto_curvature cost [--steps 50]
 """
 
 from __future__ import annotations
@@ -122,18 +125,55 @@ def ramp(train, steps, seeds, rates=(1e-5, 1e-4)):
 _new = step_length._measure
 
 
+def cost(train, steps, rounds=7):
+  sizes = [784] + [128] * 15 + [10]
+  params = _mlp(jax.random.PRNGKey(0), sizes, jnp.float32)
+  batch = (jnp.asarray(train.x[:128]), jnp.asarray(train.y[:128]))
+  steppers = {}
+  for name, measure in (("adam", None), ("auto, loss difference", _old_measure),
+                        ("auto, jvp of jvp", _new)):
+    step_length._measure = measure or _new
+    tx = avggrad.adam_baseline(1e-3) if measure is None else avggrad.auto_adam(1e-3)
+
+    def one(p, s, tx=tx):
+      grad = jax.grad(_loss)(p, batch)
+      updates, s = tx.update(grad, s, p, value_fn=_loss, batch=batch, grad=grad)
+      return optax.apply_updates(p, updates), s
+
+    def many(p, s, one=one):
+      return jax.lax.fori_loop(0, steps, lambda _, c: one(*c), (p, s))
+
+    steppers[name] = (jax.jit(many), tx.init(params))
+    jax.block_until_ready(steppers[name][0](params, steppers[name][1]))  # compile now
+  step_length._measure = _new
+  times = {name: [] for name in steppers}
+  for _ in range(rounds):
+    for name, (fn, state) in steppers.items():
+      start = time.perf_counter()
+      jax.block_until_ready(fn(params, state))
+      times[name].append((time.perf_counter() - start) / steps)
+  adam = float(np.median(times["adam"]))
+  print(f"one step, tanh MLP 16x128, batch 128 (measured on 32), median of {rounds} rounds of "
+        f"{steps} steps, interleaved:")
+  for name, t in times.items():
+    print(f"  {name:24s} {1e3 * float(np.median(t)):.2f} ms  ({float(np.median(t)) / adam:.2f}x "
+          f"Adam)")
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("part", choices=["curvature", "ramp"])
+  parser.add_argument("part", choices=["curvature", "ramp", "cost"])
   parser.add_argument("--data-dir", default=os.environ.get("AVGGRAD_DATA_DIR"))
-  parser.add_argument("--steps", type=int, default=200)
+  parser.add_argument("--steps", type=int, default=None)
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
   args = parser.parse_args(argv)
   train = data.load("fashion_mnist", "train", data_dir=args.data_dir, limit=10000)
   if args.part == "curvature":
     curvature(train)
+  elif args.part == "cost":
+    cost(train, args.steps or 50)
   else:
-    ramp(train, args.steps, args.seeds)
+    ramp(train, args.steps or 200, args.seeds)
 
 
 if __name__ == "__main__":
