@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import sys
 import types
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from avggrad import data as data_lib
 from avggrad import models, optimizers, tasks, training
@@ -36,6 +37,36 @@ def _positive_float(text: str) -> float:
   if not value > 0:
     raise argparse.ArgumentTypeError(f"must be positive, got {text}")
   return value
+
+
+def _model_arg(text: str) -> str:
+  if text in training.MODELS or ":" in text:
+    return text
+  raise argparse.ArgumentTypeError(
+      f"invalid choice: {text!r} (choose from {', '.join(training.MODELS)}, or "
+      "pkg.module:make_model for your own model)")
+
+
+def import_path(path: str, option: str) -> Any:
+  """The object ``pkg.module:name`` names (``name`` may be dotted); a ``ValueError`` naming
+  ``option``, the path and why it failed."""
+  module_name, sep, attribute = path.partition(":")
+  if not sep or not module_name or not attribute:
+    raise ValueError(f"{option} {path!r}: expected pkg.module:name.")
+  try:
+    obj = importlib.import_module(module_name)
+  except ImportError as e:
+    raise ValueError(f"{option} {path!r}: cannot import module {module_name!r} "
+                     f"({type(e).__name__}: {e}); is its folder on PYTHONPATH?") from e
+  except Exception as e:  # noqa: BLE001 (the module itself failed while importing)
+    raise ValueError(f"{option} {path!r}: importing module {module_name!r} raised "
+                     f"{type(e).__name__}: {e}") from e
+  for part in attribute.split("."):
+    if not hasattr(obj, part):
+      raise ValueError(f"{option} {path!r}: module {module_name!r} has no attribute "
+                       f"{attribute!r}.")
+    obj = getattr(obj, part)
+  return obj
 
 
 def _per_model_help(defaults: dict[str, training.TrainConfig]) -> str:
@@ -62,9 +93,11 @@ def _add_model_arguments(parser: argparse.ArgumentParser, defaults: training.Tra
                       "$AVGGRAD_DATA_DIR, else TensorFlow Datasets")
   g.add_argument("--limit", type=_positive_int, default=None,
                  help="use only the first N training and test examples")
-  g.add_argument("--model", default=d.model, choices=training.MODELS,
+  g.add_argument("--model", default=d.model, type=_model_arg,
                  help="mlp, cnn and resnet for the image datasets; text-mlp, text-conv and "
-                      "text-lm (a causal transformer language model) for imdb_reviews")
+                      "text-lm (a causal transformer language model) for imdb_reviews; "
+                      "compare only: pkg.module:make_model, your own model (rngs -> "
+                      "nnx.Module, or a Linen module), with --loss and --data")
   g.add_argument("--depth", type=_positive_int, help=f"hidden layers / convs / blocks "
                  f"({per_model})")
   g.add_argument("--width", type=_positive_int, help=f"units per layer ({per_model})")
@@ -169,6 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
                           "budget, at its best learning rate")
   p_cmp.add_argument("--out", default="runs/compare",
                      help="folder for results.json, table.txt, loss_curves.png")
+  own = p_cmp.add_argument_group(
+      "your own model", "--model pkg.module:make_model with these two compares optimizers on "
+      "your model, loss and data (avggrad.compare_on); the model options above are then unused")
+  own.add_argument("--loss", default=None, metavar="PKG.MODULE:LOSS",
+                   help="(outputs, targets) -> scalar mean loss")
+  own.add_argument("--data", default=None, metavar="PKG.MODULE:LOAD",
+                   help="load() -> (x, y), or ((x, y), (x_test, y_test))")
   return parser
 
 
@@ -218,6 +258,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 2
   try:
     if args.command == "train":
+      if ":" in args.model:
+        parser.error("avggrad train takes a built-in model; compare optimizers on your own "
+                     "with avggrad compare --model pkg.module:make_model --loss ... --data ...")
       config = _config(args)
       config.validate()
       train_data, test_data = training.load_splits(config)
@@ -247,6 +290,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     if not 0 < args.target_fraction <= 1:
       parser.error("--target-fraction must be in (0, 1]")
+    if ":" in args.model or args.loss or args.data:
+      return _compare_own(parser, args)
     for spec in args.optimizers:
       optimizers.parse_optimizer(spec)
     config = _config(args)
@@ -264,8 +309,43 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     paths = compare_lib.save(comparison, args.out)
     print(f"\nwrote {paths['table.txt']}, {paths['results.json']}, {paths['loss_curves.png']}")
     return 0
-  except (ValueError, FileNotFoundError, ImportError) as e:  # CheckpointError included
+  except (ValueError, FileNotFoundError, ImportError, MemoryError) as e:  # CheckpointError too
     parser.exit(2, f"avggrad: error: {e}\n")
+
+
+def _compare_own(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+  """``avggrad compare --model pkg.module:make_model --loss ... --data ...``."""
+  from avggrad import custom
+
+  if ":" not in args.model or not args.loss or not args.data:
+    parser.error("your own model needs all three: --model pkg.module:make_model, --loss "
+                 "pkg.module:loss and --data pkg.module:load")
+  make_model = import_path(args.model, "--model")
+  loss = import_path(args.loss, "--loss")
+  load = import_path(args.data, "--data")
+  if not callable(load):
+    raise ValueError(f"--data {args.data!r}: {type(load).__name__} is not a function load().")
+  try:
+    loaded = load()
+  except Exception as e:  # noqa: BLE001 (the user's loader failed: say where)
+    raise ValueError(f"--data {args.data!r}: load() raised {type(e).__name__}: {e}") from e
+  pair = lambda v: isinstance(v, (tuple, list)) and len(v) == 2  # noqa: E731
+  if not pair(loaded):
+    raise ValueError(f"--data {args.data!r}: load() must return (x, y) or ((x, y), "
+                     f"(x_test, y_test)); it returned {type(loaded).__name__}.")
+  train, test = (loaded[0], loaded[1]) if all(map(pair, loaded)) else (loaded, None)
+  result = custom.compare_on(
+      make_model, loss, train, optimizers=args.optimizers, steps=args.steps,
+      batch_size=args.batch_size or 64, lrs=args.lrs, seeds=args.seeds, target=args.target,
+      test=test, rule=getattr(args, "rule", "fastest"), target_fraction=args.target_fraction,
+      eval_every=args.eval_every, eval_examples=args.eval_examples, schedule=args.schedule,
+      progress=not args.no_progress, devices=args.devices, shard_params=args.shard_params,
+      name=args.model.partition(":")[2])
+  print(f"{args.model}, {args.loss}, {args.data}: batch {args.batch_size or 64}")
+  print(result.table())
+  paths = result.save(args.out)
+  print(f"\nwrote {paths['table.txt']}, {paths['results.json']}, {paths['loss_curves.png']}")
+  return 0
 
 
 if __name__ == "__main__":
