@@ -15,7 +15,7 @@ Usage::
 
   python -m benchmarks.probes.muon_range benchmarks/grids/fine.json
       [--tasks fmnist-mlp16-tanh-glorot,...] [--rates 0.00147,0.00215] [--seeds 0,1]
-      [--specs 'avg-muon:update_range=predicted;muon'] [--data-dir DIR]
+      [--specs 'avg-muon:update_range=predicted;muon'] [--timing-only] [--data-dir DIR]
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ def main() -> None:
   parser.add_argument("--rates", default=",".join(map(str, RATES)))
   parser.add_argument("--seeds", default="0,1")
   parser.add_argument("--specs", default=";".join(SPECS), help="';'-separated specs")
+  parser.add_argument("--timing-only", action="store_true", help="only the step times")
   parser.add_argument("--data-dir", default=None)
   args = parser.parse_args()
   with open(args.grid) as f:
@@ -60,7 +61,7 @@ def main() -> None:
       configs[name] = dataclasses.replace(configs[name], data_dir=args.data_dir)
     splits[name] = tasks_lib.load_splits(configs[name])
   # Spec by spec (the ones the question is about first), then the step times.
-  for spec in specs:
+  for spec in [] if args.timing_only else specs:
     for name in names:
       config = dataclasses.replace(configs[name], optimizer=spec)
       train_data, test_data = splits[name]
