@@ -103,8 +103,9 @@ def write_grid(path: str = GRID) -> dict[str, Any]:
 def r_auto(records: Sequence[dict[str, Any]], last: int = LAST_EVALS) -> dict[str, Any]:
   """``auto``'s settled effective rate on one task from its runs (each with evaluations that
   carry ``scale``): ``{"rate", "settle", "values", "seeds"}``, the rate being the initial rate
-  times the median scale at the last ``last`` evaluations after step 0 over the runs; a run
-  that diverged counts with the evaluations it reached.
+  times the median scale at the last ``last`` evaluations after step 0 over the runs that
+  did not diverge (``seeds``: how many; a diverging run's last scale says nothing of where
+  ``auto`` settles).
 
   Example:
     >>> runs = [{"lr": 1e-3, "evals": [{"step": 0, "scale": 1.0}, {"step": 5, "scale": s},
@@ -114,6 +115,7 @@ def r_auto(records: Sequence[dict[str, Any]], last: int = LAST_EVALS) -> dict[st
     (0.0025, 6.0)
   """
   values, lrs = [], set()
+  records = [r for r in records if r.get("status", "ok") == "ok"]
   for record in records:
     scales = [e["scale"] for e in record.get("evals", []) if e.get("step", 0) > 0
               and e.get("scale") is not None]
@@ -128,8 +130,10 @@ def r_auto(records: Sequence[dict[str, Any]], last: int = LAST_EVALS) -> dict[st
 
 
 def same_task(config: dict[str, Any], task_config: dict[str, Any]) -> bool:
-  """Whether a run's configuration is the track task's on every field of :data:`SAME_TASK`."""
-  return all(config.get(k) == task_config.get(k) for k in SAME_TASK if k in task_config)
+  """Whether a run's configuration is the track task's on every field of :data:`SAME_TASK`
+  that both record (older records lack fields added since, e.g. ``heads``)."""
+  return all(config[k] == task_config[k] for k in SAME_TASK
+             if k in task_config and k in config)
 
 
 def tuned_rates(records: Iterable[dict[str, Any]], target: Optional[float], steps: int,

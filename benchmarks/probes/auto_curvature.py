@@ -78,7 +78,7 @@ def curvature(train, lr=1e-5):
     loss = lambda p: _loss(p, (quarter[0].astype(dtype), quarter[1]))  # noqa: E731
     p, u_ = cast(params), cast(u)
     one = jnp.asarray(1.0, dtype)
-    for name, fn in (("loss difference", _old_measure), ("jvp of jvp", step_length._measure)):
+    for name, fn in (("loss difference", _old_measure), ("auto (hybrid)", step_length._measure)):
       slope, curv, _ = fn(loss, p, u_, one)
       print(f"  {jnp.dtype(dtype).name:8s} {name:16s} p = {float(slope):.4g}  "
             f"c = {float(curv):.4g}  s* = p/c = {float(slope) / float(curv):.4g}")
@@ -91,7 +91,7 @@ def ramp(train, steps, seeds, rates=(1e-5, 1e-4)):
   print(f"auto_adam on the tanh MLP 16x128, Fashion-MNIST batch 128, {steps} steps; "
         f"effective rate (scale x rate) after {marks} steps; mean training loss of the last "
         f"20 steps")
-  for form, measure in (("loss difference", _old_measure), ("jvp of jvp", step_length._measure)):
+  for form, measure in (("loss difference", _old_measure), ("auto (hybrid)", step_length._measure)):
     step_length._measure = measure
     try:
       for rate in rates:
@@ -131,7 +131,7 @@ def cost(train, steps, rounds=7):
   batch = (jnp.asarray(train.x[:128]), jnp.asarray(train.y[:128]))
   steppers = {}
   for name, measure in (("adam", None), ("auto, loss difference", _old_measure),
-                        ("auto, jvp of jvp", _new)):
+                        ("auto (hybrid)", _new)):
     step_length._measure = measure or _new
     tx = avggrad.adam_baseline(1e-3) if measure is None else avggrad.auto_adam(1e-3)
 
