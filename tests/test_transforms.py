@@ -630,3 +630,43 @@ def test_inner_update_runs_once_for_the_step_and_once_for_a_predicted_range(
     # The prediction's state is discarded: every step counter of inner moved once a step.
     counts = optax.tree.get_all_with_path(state.inner_state, "count")
     assert counts and all(int(c) == 2 for _, c in counts)
+
+
+def test_registry_avg_muon_newton_schulz_calls_per_step(monkeypatch):
+  """Issue 31, item 4: the registry's ``avg-muon`` (the predicted range, its default) calls
+  Muon's update twice a step, hence Newton-Schulz twice per matrix; with
+  ``update_range=previous`` once, as plain ``muon`` (benchmarks/NOTES.md, "Newton-Schulz once
+  a step"). Its updates are ``average_gradient(muon)``'s."""
+  from avggrad import optimizers
+  from optax.contrib import _muon
+  calls, orthogonalised = {"n": 0}, {"n": 0}
+  real_muon, real_ns = optax.contrib.muon, _muon.orthogonalize_via_newton_schulz
+
+  def ns(*args, **kwargs):
+    orthogonalised["n"] += 1
+    return real_ns(*args, **kwargs)
+
+  monkeypatch.setattr(optax.contrib, "muon", lambda *a, **k: _counting(real_muon(*a, **k), calls))
+  monkeypatch.setattr(_muon, "orthogonalize_via_newton_schulz", ns)
+  params = {"w": jax.random.normal(jax.random.PRNGKey(0), (6, 4)) / 3, "b": jnp.zeros(4)}
+  x = jax.random.normal(jax.random.PRNGKey(1), (16, 6))
+  loss = lambda p: jnp.mean(jnp.tanh(x @ p["w"] + p["b"]) ** 2)
+  per_step = {}
+  for spec in ("muon", "avg-muon", "avg-muon:update_range=previous"):
+    calls["n"] = orthogonalised["n"] = 0
+    tx = optimizers.make_optimizer(spec, 1e-2)
+    state = tx.init(params)
+    step = jax.jit(lambda s, p, tx=tx: tx.update(jax.grad(loss)(p), s, p, value_fn=loss))
+    _, state = step(state, params)
+    per_step[spec] = (calls["n"], orthogonalised["n"])
+  # (inner update calls, Newton-Schulz calls) in one step; one matrix, "w".
+  assert per_step == {"muon": (1, 1), "avg-muon": (2, 2), "avg-muon:update_range=previous": (1, 1)}
+  monkeypatch.undo()
+  registry = optimizers.make_optimizer("avg-muon", 1e-2)
+  by_hand = avggrad.average_gradient(optax.contrib.muon(1e-2, consistent_rms=0.2))
+  s1, s2, p1, p2 = registry.init(params), by_hand.init(params), params, params
+  for _ in range(3):
+    u1, s1 = registry.update(jax.grad(loss)(p1), s1, p1, value_fn=loss)
+    u2, s2 = by_hand.update(jax.grad(loss)(p2), s2, p2, value_fn=loss)
+    _tree_close(u1, u2, rtol=1e-6)
+    p1, p2 = optax.apply_updates(p1, u1), optax.apply_updates(p2, u2)
