@@ -19,7 +19,7 @@ import types
 from typing import Any, Optional, Sequence
 
 from avggrad import data as data_lib
-from avggrad import models, optimizers, tasks, training
+from avggrad import models, optimizers, protocol, tasks, training
 
 
 def _positive_int(text: str) -> int:
@@ -200,6 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
   p_cmp.add_argument("--target-fraction", type=float, default=0.8,
                      help="target = the baseline's smoothed loss after this fraction of the "
                           "budget, at its best learning rate")
+  p_cmp.add_argument("--rule", choices=protocol.RULES, default="fastest",
+                     help="how each optimizer's learning rate is picked: fastest (AlgoPerf: "
+                          "the fewest median iterations to the target) or final-loss (the "
+                          "lowest median final loss)")
   p_cmp.add_argument("--out", default="runs/compare",
                      help="folder for results.json, table.txt, loss_curves.png")
   own = p_cmp.add_argument_group(
@@ -302,7 +306,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     comparison = compare_lib.compare(
         config, args.optimizers, args.lrs, args.seeds, target=args.target,
         target_fraction=args.target_fraction, task=task,
-        progress=not args.no_progress, devices=args.devices, shard_params=args.shard_params)
+        progress=not args.no_progress, devices=args.devices, shard_params=args.shard_params,
+        rule=args.rule)
     print(f"{config.dataset}: {config.model}, depth {config.depth}, width {config.width}, "
           f"{config.activation}, {config.init}, batch {config.batch_size}")
     print(comparison.table())

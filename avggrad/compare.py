@@ -4,13 +4,15 @@ Protocol (the same for every optimizer, the baseline included):
 
 1. every optimizer is trained at every learning rate of one shared grid, for every seed, with
    the same initial weights and minibatch order per seed;
-2. each optimizer's learning rate is chosen on its own: the lowest median (over seeds) of the
-   final training loss, the mean minibatch loss over the last 10% of the budget (a diverged
-   run counts as infinite);
-3. the target is the smoothed training loss the first optimizer (the baseline) reaches, at its
-   best learning rate, after ``target_fraction`` of the budget (median over seeds), unless a
-   target is given;
-4. for each optimizer at its best learning rate, the iterations until its smoothed training
+2. the target is the smoothed training loss the first optimizer (the baseline) reaches, at
+   its lowest-final-loss learning rate, after ``target_fraction`` of the budget (median over
+   seeds), unless a target is given;
+3. each optimizer's learning rate is chosen on its own, under one of two rate rules
+   (``rule``, :data:`avggrad.protocol.RULES`): ``"fastest"`` (the default, AlgoPerf's rule:
+   the fewest median iterations to the target, :func:`avggrad.protocol.fastest_lr`) or
+   ``"final-loss"`` (the lowest median final training loss, the mean minibatch loss over the
+   last 10% of the budget; a diverged run counts as infinite);
+4. for each optimizer at its chosen learning rate, the iterations until its smoothed training
    loss first reaches the target, per seed ("not reached" counts as infinite in the median;
    a run stopped by the divergence guard never reaches it);
 5. the time per step of every optimizer, measured in this process with the steps of all
@@ -52,7 +54,8 @@ one machine vary by about 10%)."""
 
 @dataclasses.dataclass
 class OptimizerSummary:
-  """One optimizer's figures at its best learning rate."""
+  """One optimizer's figures at the learning rate the comparison's rate rule picks
+  (``best_lr``)."""
 
   optimizer: str
   best_lr: float
@@ -87,11 +90,14 @@ class Comparison:
   runs: dict[Key, RunResult]
   summaries: list[OptimizerSummary]
   timing: str = ""
+  rule: str = "fastest"
+  """The rate rule that picked each ``best_lr`` (:data:`avggrad.protocol.RULES`)."""
 
   def table(self) -> str:
     """A fixed-width text table of the summaries (ratios against the first optimizer)."""
     base = self.summaries[0]
     lines = [
+        protocol.RULE_TEXT[self.rule],
         f"target training loss {self.target:.4f} ({self.target_rule}); "
         f"{len(self.seeds)} seed(s), {self.config['steps']} steps, learning rates "
         f"{', '.join(f'{lr:g}' for lr in self.lrs)}",
@@ -149,6 +155,7 @@ class Comparison:
         "seeds": self.seeds,
         "target": self.target,
         "target_rule": self.target_rule,
+        "rule": self.rule,
         "timing": self.timing,
         "summaries": [dataclasses.asdict(s) | {"median_iterations": s.median_iterations,
                                                "seconds_to_target": s.seconds_to_target}
@@ -215,8 +222,12 @@ def compare(
     devices: Any = None,
     shard_params: bool = False,
     task: Optional[Task] = None,
+    rule: str = "fastest",
 ) -> Comparison:
   """Runs the comparison protocol of the module docstring and returns its results.
+
+  ``rule`` picks each optimizer's learning rate: ``"fastest"`` (AlgoPerf's) or
+  ``"final-loss"`` (:func:`avggrad.protocol.pick_lr`).
 
   ``batched`` trains each optimizer's runs together (default: on the fully connected models,
   not on the convolutional ones). ``devices`` and ``shard_params``: data parallelism, as in
@@ -228,6 +239,7 @@ def compare(
     raise ValueError("compare needs at least one optimizer, learning rate and seed.")
   if not 0 < target_fraction <= 1:
     raise ValueError(f"target_fraction must be in (0, 1], got {target_fraction}.")
+  protocol.check_rule(rule)
   if task is None:
     from avggrad.tasks import for_config
 
@@ -254,16 +266,18 @@ def compare(
   def results(spec: str, lr: float) -> list[RunResult]:
     return [runs[(spec, float(lr), int(s))] for s in seeds]
 
-  best = {spec: protocol.best_lr({float(lr): [final_loss(r) for r in results(spec, lr)]
-                                  for lr in lrs}) for spec in optimizers}
   if target is None:
     target, _, _ = protocol.set_target(
         {optimizers[0]: {float(lr): [(r.losses, not r.diverged) for r in results(optimizers[0], lr)]
                          for lr in lrs}}, target_fraction, base.steps)
-    rule = (f"{optimizers[0]}'s smoothed loss at {target_fraction:.0%} of the budget, "
-            "at its best learning rate")
+    target_rule = (f"{optimizers[0]}'s smoothed loss at {target_fraction:.0%} of the budget, "
+                   "at its lowest-final-loss learning rate")
   else:
-    rule = "given"
+    target_rule = "given"
+  best = {spec: protocol.pick_lr(
+      rule, {float(lr): [final_loss(r) for r in results(spec, lr)] for lr in lrs},
+      {float(lr): [protocol.iterations(r.losses, not r.diverged, target, base.steps)
+                   for r in results(spec, lr)] for lr in lrs}) for spec in optimizers}
   step_times = timing.step_seconds(base, list(optimizers), task,
                                    dp=parallel.DataParallel.create(devices, shard_params))
   summaries = []
@@ -282,8 +296,8 @@ def compare(
   device = jax.devices()[0]
   return Comparison(
       config=dataclasses.asdict(base), optimizers=list(optimizers), lrs=[float(x) for x in lrs],
-      seeds=[int(s) for s in seeds], target=target, target_rule=rule, runs=runs,
-      summaries=summaries, timing=f"{device.platform}, {device.device_kind}",
+      seeds=[int(s) for s in seeds], target=target, target_rule=target_rule, runs=runs,
+      summaries=summaries, timing=f"{device.platform}, {device.device_kind}", rule=rule,
   )
 
 

@@ -7,6 +7,7 @@ construction: a fast descent to a high floor against a slow descent to a low one
 """
 
 import math
+import types
 
 import numpy as np
 import pytest
@@ -120,10 +121,11 @@ def test_compare_picks_each_optimizers_rate_by_the_rule_and_says_which(monkeypat
   monkeypatch.setattr(timing, "step_seconds", lambda config, specs, data, **kw: {
       spec: {"seconds_per_step": 1e-3} for spec in specs})
   config = TrainConfig(model="mlp", steps=STEPS)
+  split = types.SimpleNamespace(x=np.zeros((1, 1)), y=np.zeros(1))  # never trained on
   figures_by_rule = {}
   for rule in protocol.RULES:
     result = compare.compare(config, ["base", "peer"], [1e-3, 3e-3, 1e-2], [0, 1],
-                             train_data=object(), test_data=object(), progress=False,
+                             train_data=split, test_data=split, progress=False,
                              batched=True, rule=rule)
     assert result.table().splitlines()[0] == protocol.RULE_TEXT[rule]
     assert result.to_dict()["rule"] == rule
@@ -137,5 +139,5 @@ def test_compare_picks_each_optimizers_rate_by_the_rule_and_says_which(monkeypat
   assert peer_fast.iterations == [crossing(slope) for slope, _ in CURVES[1e-2]]
   assert peer_fast.median_iterations < peer_final.median_iterations
   with pytest.raises(ValueError, match="unknown rate rule"):
-    compare.compare(config, ["base"], [1e-3], [0], train_data=object(), test_data=object(),
+    compare.compare(config, ["base"], [1e-3], [0], train_data=split, test_data=split,
                     rule="slowest")
