@@ -194,8 +194,10 @@ class Comparison:
     by_step.set_ylabel(f"training loss (smoothed, window {window})")
     by_step.legend(fontsize=8)
     c = self.config
+    from avggrad.config import MODELS
+
     fig.suptitle(f"{c['dataset']}: {c['model']} depth {c['depth']}, {c['activation']}, "
-                 f"{c['init']}", fontsize=10)
+                 f"{c['init']}" if c["model"] in MODELS else c["model"], fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=80)  # the size a README or a report needs
     plt.close(fig)
@@ -231,7 +233,7 @@ def compare(
 
   ``batched`` trains each optimizer's runs together (default: on the fully connected models,
   not on the convolutional ones). ``devices`` and ``shard_params``: data parallelism, as in
-  :func:`avggrad.training.train` (every device by default). ``task``: the model, loss and
+  :func:`avggrad.loop.train` (every device by default). ``task``: the model, loss and
   data (:class:`avggrad.tasks.Task`; ``None``: the built-in task ``base`` names, on
   ``train_data`` and ``test_data``).
   """
