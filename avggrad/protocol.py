@@ -80,7 +80,7 @@ def check_rule(rule: str) -> str:
 
 def fastest_lr(iters: Mapping[float, Sequence[Optional[float]]],
                seeds: Optional[int] = None) -> Optional[float]:
-  """AlgoPerf's rule: the learning rate whose median iterations to the target is the fewest.
+  r"""AlgoPerf's rule: the learning rate whose median iterations to the target is the fewest.
 
   A seed that missed the target (``None`` or infinite) counts as infinite in the median; ties
   go to the smaller rate; a rate with fewer than ``seeds`` results (a seed still missing) does
