@@ -633,10 +633,10 @@ def test_inner_update_runs_once_for_the_step_and_once_for_a_predicted_range(
 
 
 def test_registry_avg_muon_newton_schulz_calls_per_step(monkeypatch):
-  """Issue 31, item 4: the registry's ``avg-muon`` (the predicted range, its default) calls
-  Muon's update twice a step, hence Newton-Schulz twice per matrix; with
-  ``update_range=previous`` once, as plain ``muon`` (benchmarks/NOTES.md, "Newton-Schulz once
-  a step"). Its updates are ``average_gradient(muon)``'s."""
+  """Issue 31, item 4: the registry's ``avg-muon`` (the previous range, its default) calls
+  Muon's update once a step, hence Newton-Schulz once per matrix, as plain ``muon``; with
+  ``update_range=predicted`` twice (benchmarks/NOTES.md, "Newton-Schulz once a step"). Its
+  updates are ``average_gradient(muon, update_range="previous")``'s."""
   from avggrad import optimizers
   from optax.contrib import _muon
   calls, orthogonalised = {"n": 0}, {"n": 0}
@@ -652,7 +652,7 @@ def test_registry_avg_muon_newton_schulz_calls_per_step(monkeypatch):
   x = jax.random.normal(jax.random.PRNGKey(1), (16, 6))
   loss = lambda p: jnp.mean(jnp.tanh(x @ p["w"] + p["b"]) ** 2)
   per_step = {}
-  for spec in ("muon", "avg-muon", "avg-muon:update_range=previous"):
+  for spec in ("muon", "avg-muon", "avg-muon:update_range=predicted"):
     calls["n"] = orthogonalised["n"] = 0
     tx = optimizers.make_optimizer(spec, 1e-2)
     state = tx.init(params)
@@ -660,10 +660,11 @@ def test_registry_avg_muon_newton_schulz_calls_per_step(monkeypatch):
     _, state = step(state, params)
     per_step[spec] = (calls["n"], orthogonalised["n"])
   # (inner update calls, Newton-Schulz calls) in one step; one matrix, "w".
-  assert per_step == {"muon": (1, 1), "avg-muon": (2, 2), "avg-muon:update_range=previous": (1, 1)}
+  assert per_step == {"muon": (1, 1), "avg-muon": (1, 1), "avg-muon:update_range=predicted": (2, 2)}
   monkeypatch.undo()
   registry = optimizers.make_optimizer("avg-muon", 1e-2)
-  by_hand = avggrad.average_gradient(optax.contrib.muon(1e-2, consistent_rms=0.2))
+  by_hand = avggrad.average_gradient(optax.contrib.muon(1e-2, consistent_rms=0.2),
+                                     update_range="previous")
   s1, s2, p1, p2 = registry.init(params), by_hand.init(params), params, params
   for _ in range(3):
     u1, s1 = registry.update(jax.grad(loss)(p1), s1, p1, value_fn=loss)
