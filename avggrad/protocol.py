@@ -58,7 +58,7 @@ def best_lr(scores: Mapping[float, Sequence[float]]) -> Optional[float]:
   return min(medians, key=lambda lr: (medians[lr], lr))
 
 
-#: The two rate rules, by name: ``"fastest"`` (AlgoPerf's, :func:`fastest_lr`) and
+#: The two rate rules by name, ``"fastest"`` (AlgoPerf's, :func:`fastest_lr`) and
 #: ``"final-loss"`` (:func:`best_lr`).
 RULES = ("fastest", "final-loss")
 
@@ -96,10 +96,10 @@ def fastest_lr(iters: Mapping[float, Sequence[Optional[float]]],
     seeds: how many seeds a rate needs to count (default: the most any rate has).
 
   Returns:
-    The fastest rate, or ``None``.
+    The fastest rate, or ``None``. (Where the two rules disagree, :func:`best_lr` may pick a
+    slower rate whose final loss is lower.)
 
-  Example (the final-loss rule would pick 1e-3, whose final loss is lower; see
-  :func:`best_lr`):
+  Example:
     >>> fastest_lr({1e-3: [400, 420, 410], 3e-3: [150, None, 160], 1e-2: [90, 95]})
     0.003
   """
