@@ -139,7 +139,10 @@ class Comparison:
     runner_up = [s.seconds_to_target for s in reached if s is not best]
     margin = ""
     if runner_up:
-      lead = min(runner_up) / best.seconds_to_target
+      nearest = min(runner_up)
+      # A target reached at iteration 0 takes 0 s: a tie with another 0, else infinitely ahead.
+      lead = (nearest / best.seconds_to_target if best.seconds_to_target > 0
+              else (1.0 if nearest == 0 else math.inf))
       margin = f", {lead:.2f}x ahead of the next"
       if lead < TIE_MARGIN:
         margin += f"; within {TIE_MARGIN - 1:.0%}, a tie at the step-time noise"

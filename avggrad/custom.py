@@ -185,6 +185,11 @@ def register(spec: Optimizer, position: int) -> str:
   if name in optimizers_lib.BUILTIN:
     raise ValueError(f"optimizers[{position}]: {name!r} is a built-in optimizer's name; give "
                      f"yours another: ('my-{name}', factory).")
+  try:  # built once here, so that a factory's own error names its place in the list
+    factory(1e-3)
+  except Exception as error:
+    raise ValueError(f"optimizers[{position}] ({name!r}): the factory failed at lr=1e-3: "
+                     f"{type(error).__name__}: {error}") from error
   optimizers_lib.register_optimizer(name, factory, replace=True)
   return name
 
@@ -221,7 +226,7 @@ class Result:
     if not reached:
       return None
     best = reached[0].seconds_to_target
-    tied = [s.optimizer for s in reached if s.seconds_to_target < compare_lib.TIE_MARGIN * best]
+    tied = [s.optimizer for s in reached if s.seconds_to_target <= compare_lib.TIE_MARGIN * best]
     return tied[0] if len(tied) == 1 else "tie: " + ", ".join(tied)
 
   def table(self) -> str:
@@ -297,8 +302,18 @@ def compare_on(
   """
   protocol.check_rule(rule)
   task = make_task(make_model, loss, data, test, name)
+  if isinstance(optimizers, str) or callable(optimizers):
+    raise ValueError(f"optimizers must be a list of optimizers; got {optimizers!r} (write "
+                     f"[{optimizers!r}]).")
   if not optimizers:
     raise ValueError("optimizers must name at least one optimizer.")
+  seeds = [int(s) for s in seeds]
+  if not seeds or len(set(seeds)) != len(seeds):
+    raise ValueError(f"seeds must be distinct and at least one; got {seeds} (a repeated seed "
+                     "would count the same run twice in the medians).")
+  if eval_every is not None and eval_every <= 0:
+    raise ValueError(f"eval_every must be a positive number of steps (or None); got "
+                     f"{eval_every}.")
   specs = [register(spec, i) for i, spec in enumerate(optimizers)]
   if len(set(specs)) != len(specs):
     raise ValueError(f"optimizers must differ; got {specs}.")

@@ -55,6 +55,8 @@ def best_lr(scores: Mapping[float, Sequence[float]]) -> Optional[float]:
   if not scores:
     return None
   medians = {float(lr): float(np.median(s)) for lr, s in scores.items()}
+  # A NaN median (a NaN score) ranks as a miss, not by the dict's order.
+  medians = {lr: (m if not math.isnan(m) else math.inf) for lr, m in medians.items()}
   return min(medians, key=lambda lr: (medians[lr], lr))
 
 
@@ -123,7 +125,8 @@ def pick_lr(rule: str, scores: Mapping[float, Sequence[float]],
             seeds: Optional[int] = None) -> Optional[float]:
   """The rate ``rule`` picks: :func:`fastest_lr` of ``iters`` (falling back to
   :func:`best_lr` of ``scores`` when no rate reaches the target, so that a table still has a
-  rate to show for a miss) or :func:`best_lr` of ``scores``.
+  rate to show for a miss) or :func:`best_lr` of ``scores``. Under either rule a rate with fewer
+  than ``seeds`` results (default: the most any rate has in ``iters``) does not count.
 
   Example (the two rules disagree: 3e-3 is faster, 1e-3 ends lower):
     >>> scores = {1e-3: [0.30, 0.31], 3e-3: [0.35, 0.36]}
@@ -132,6 +135,8 @@ def pick_lr(rule: str, scores: Mapping[float, Sequence[float]],
     (0.003, 0.001)
   """
   check_rule(rule)
+  if seeds is None and iters:
+    seeds = max(len(v) for v in iters.values())
   if rule == "fastest":
     fastest = fastest_lr(iters, seeds)
     if fastest is not None:

@@ -164,6 +164,11 @@ def test_dict_inputs_and_a_loss_taking_a_dict_batch():
     (dict(batch_size=200), "batch_size 200 is larger than the training data \\(128"),
     (dict(data=np.zeros((10, 4))), "pair \\(x, y\\)"),
     (dict(make_model=lambda rngs: "model"), "must return an nnx.Module"),
+    (dict(optimizers="adam"), "optimizers must be a list of optimizers; got 'adam'"),
+    (dict(seeds=(0, 0)), "seeds must be distinct"),
+    (dict(eval_every=0), "eval_every must be a positive number of steps"),
+    (dict(optimizers=["adam", ("boom", lambda lr: 1 / 0)]),
+     "optimizers\\[1\\] \\('boom'\\): the factory failed at lr=1e-3: ZeroDivisionError"),
 ])
 def test_bad_inputs_get_clear_messages(kwargs, message):
   args = dict(make_model=_mlp, loss=mse, data=_regression(), optimizers=["adam"],
@@ -274,3 +279,14 @@ def test_cli_errors_name_the_path_that_failed_and_why(user_module, tmp_path, cap
   assert exit_info.value.code == 2
   import re
   assert re.search(message.format(m=user_module), capsys.readouterr().err)
+
+
+def test_a_target_reached_at_iteration_0_is_a_tie_not_a_crash():
+  """A target so loose that every run reaches it at once: 0 s to target for all; the table and
+  ``fastest`` must still answer (a tie), not divide by zero."""
+  result = avggrad.compare_on(_mlp, mse, _regression(), optimizers=["adam", "sgd"],
+                              steps=STEPS, batch_size=BATCH, lrs=[1e-2], seeds=(0,),
+                              target=1e9, progress=False)
+  assert [s.iterations for s in result.comparison.summaries] == [[0], [0]]
+  assert result.fastest == "tie: adam, sgd"
+  assert "1.00x ahead of the next; within 10%, a tie" in result.table()

@@ -141,3 +141,18 @@ def test_compare_picks_each_optimizers_rate_by_the_rule_and_says_which(monkeypat
   with pytest.raises(ValueError, match="unknown rate rule"):
     compare.compare(config, ["base"], [1e-3], [0], train_data=split, test_data=split,
                     rule="slowest")
+
+
+def test_pick_lr_without_seeds_ignores_a_rate_missing_a_seed_under_both_rules():
+  """The default ``seeds`` is the most any rate has: a one-seed rate neither wins the fastest
+  rule nor the final-loss fallback."""
+  iters = {1e-3: [None, None], 1e-2: [None]}
+  scores = {1e-3: [0.5, 0.6], 1e-2: [0.1]}
+  assert protocol.pick_lr("fastest", scores, iters) == 1e-3
+  assert protocol.pick_lr("final-loss", scores, iters) == 1e-3
+
+
+def test_best_lr_ranks_a_nan_median_as_a_miss_whatever_the_order():
+  nan = float("nan")
+  assert protocol.best_lr({1e-2: [nan], 1e-3: [0.5]}) == 1e-3
+  assert protocol.best_lr({1e-3: [0.5], 1e-2: [nan]}) == 1e-3
