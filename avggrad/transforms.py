@@ -194,7 +194,8 @@ def _check_upstream(updates: Updates, extra_args: dict[str, Any], who: str) -> N
   array passed to a jitted step twice are accepted. The price: a transformation before the
   wrapper goes unseen when the raw gradient comes from outside the traced function that
   transforms it (a concrete gradient closed over by a jitted step, a ``lax.cond`` around the
-  whole update); a step that computes the gradient and updates in one function is covered,
+  whole update), and under ``jax.vmap`` or inside ``jax.grad`` (batch and JVP tracers record
+  no origin); a step that computes the gradient and updates in one function is covered,
   jitted or not."""
   grad = extra_args.get("grad")
   if grad is None:

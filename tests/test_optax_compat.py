@@ -374,3 +374,19 @@ def test_muon_split_sends_embeddings_and_head_to_adamw():
     assert not np.allclose(updates[part[0]][part[1]], muon_updates[part[0]][part[1]])
   np.testing.assert_allclose(updates["hidden"][0]["bias"], adam_updates["hidden"][0]["bias"],
                              rtol=1e-5)
+
+
+def test_an_eager_clip_that_changes_the_gradient_by_half_a_percent_is_refused():
+  """The eager comparison is exact: a clip that scales the gradient by 0.995 (inside any
+  ``allclose`` tolerance one might be tempted to use) still changed it, and is refused."""
+  params = {"w": jnp.array([0.3, -0.7, 1.1])}
+  loss = lambda p: jnp.sum(jnp.tanh(p["w"]) ** 2)
+  grad = jax.grad(loss)(params)
+  norm = float(optax.global_norm(grad))
+  tx = optax.chain(optax.clip_by_global_norm(0.995 * norm), avggrad.adam(1e-2))
+  state = tx.init(params)
+  with pytest.raises(ValueError, match="a transformation before it in the chain changed"):
+    tx.update(grad, state, params, value_fn=loss, grad=grad)
+  # The same chain without the clip, fed the same arrays, is accepted.
+  plain = avggrad.adam(1e-2)
+  plain.update(grad, plain.init(params), params, value_fn=loss, grad=grad)
