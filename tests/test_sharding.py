@@ -52,3 +52,41 @@ def test_two_processes_train_as_one(tmp_path):
                            env=env, timeout=120)
   assert compare.returncode == 0, compare.stdout + compare.stderr
   assert "2 processes x 2 devices match 1 process x 4 devices" in compare.stdout
+
+
+_EXPLICIT_FAR_END = r"""
+import os
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+import jax, jax.numpy as jnp, numpy as np, optax, avggrad
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+mesh = jax.make_mesh((4,), ("data",), axis_types=(AxisType.Explicit,))
+loss = lambda w, batch: jnp.mean((batch[0] @ w - batch[1]) ** 2)
+for n in (8, 32, 36):  # 2, 8, 9 examples a device: the stride 4 splits only the middle one
+  x = jnp.asarray(np.random.default_rng(n).normal(size=(n, 3)), jnp.float32)
+  y = jnp.asarray(np.random.default_rng(n + 1).normal(size=n), jnp.float32)
+  for name, tx in [("adam", avggrad.adam(1e-2)), ("auto", avggrad.auto_adam())]:
+    def step(w, x, y, tx=tx):
+      g = jax.grad(loss)(w, (x, y))
+      return tx.update(g, tx.init(w), w, value_fn=loss, batch=(x, y))[0]
+    alone = jax.jit(step)(jnp.full(3, 0.1), x, y)
+    with jax.set_mesh(mesh):
+      xs = jax.device_put(x, NamedSharding(mesh, P("data")))
+      ys = jax.device_put(y, NamedSharding(mesh, P("data")))
+      sharded = jax.jit(step)(jnp.full(3, 0.1), xs, ys)
+    np.testing.assert_allclose(np.asarray(sharded), np.asarray(alone), rtol=1e-5, atol=1e-7)
+    print(name, n, "explicit far end matches one device")
+"""
+
+
+def test_the_far_end_sub_batch_under_explicit_mesh_axes(tmp_path):
+  """The far end on a quarter of a batch sharded over Explicit ``data`` axes (the sharding in
+  the type): every batch size works, whether or not each device's share splits by the stride,
+  and gives the one-device update (it raised ShardingTypeError on an uneven split)."""
+  script = tmp_path / "explicit_far_end.py"
+  script.write_text(_EXPLICIT_FAR_END)
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(HERE.parent))
+  result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          env=env, timeout=600)
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert result.stdout.count("explicit far end matches one device") == 6, result.stdout
