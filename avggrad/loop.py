@@ -552,10 +552,12 @@ def encode_record(record: dict[str, Any], indices: np.ndarray,
   array and a fixed table of evaluation slots as raw float64 bytes (base64, exact), and the
   data order as :func:`data_order`."""
   losses = np.asarray(record["losses"], np.float64)
-  table = np.full((len(record["evals"]), _eval_slots(config), 3), np.nan)
+  # Columns: step, loss, accuracy and ``avggrad.auto``'s scale (NaN for an optimizer without
+  # one: a scale, when there is one, is finite and positive).
+  table = np.full((len(record["evals"]), _eval_slots(config), 4), np.nan)
   for r, run in enumerate(record["evals"]):
     for i, e in enumerate(run):
-      table[r, i] = (e["step"], e["train_loss"], e["train_accuracy"])
+      table[r, i] = (e["step"], e["train_loss"], e["train_accuracy"], e.get("scale", np.nan))
   pack = lambda a: {"shape": list(a.shape),  # noqa: E731
                     "float64": base64.b64encode(a.tobytes()).decode("ascii")}
   return {"step": int(record["step"]), "losses": pack(losses), "evals": pack(table),
@@ -567,8 +569,14 @@ def decode_record(saved: dict[str, Any]) -> dict[str, Any]:
   unpack = lambda d: np.frombuffer(base64.b64decode(d["float64"]),  # noqa: E731
                                    np.float64).reshape(d["shape"])
   table = unpack(saved["evals"])
-  evals = [[{"step": int(s), "train_loss": float(l), "train_accuracy": float(a)}
-            for s, l, a in run if not np.isnan(s)] for run in table]
+
+  def entry(row: np.ndarray) -> dict[str, Any]:
+    e = {"step": int(row[0]), "train_loss": float(row[1]), "train_accuracy": float(row[2])}
+    if len(row) > 3 and not np.isnan(row[3]):
+      e["scale"] = float(row[3])
+    return e
+
+  evals = [[entry(row) for row in run if not np.isnan(row[0])] for run in table]
   return {"step": saved["step"], "losses": unpack(saved["losses"]), "evals": evals}
 
 
