@@ -350,3 +350,42 @@ def test_the_loop_records_the_scale_at_every_evaluation():
   plain = training.train(dataclasses.replace(config, optimizer="adam"), train_data=train_data,
                          progress=False)
   assert plain.scale is None and all("scale" not in e for e in plain.evals)
+
+
+def _one_step(inner, loss, w0, **options):
+  tx = avggrad.auto(inner, decay=0.0, **options)
+  params = jnp.asarray(w0, jnp.float32)
+  state = tx.init(params)
+  updates, state = tx.update(jax.grad(loss)(params), state, params, value_fn=loss)
+  return float(updates), state
+
+
+def test_a_scale_past_twice_the_parabola_minimum_is_cut_to_the_aim_at_once():
+  """On 0.5 w^2 from w = 1, SGD at rate 4 gives the direction u = -4: slope p = 4 and
+  curvature c = 16 per unit scale, so the minimum is at s* = 0.25 and the aim at s*/2 = 0.125.
+  The scale 1 lies past 2 s* (the step raises the loss), so the scale drops to the aim at once
+  (not by the rate-limited move, 0.812) and this step is taken at it: w moves by 0.125 x -4."""
+  update, state = _one_step(optax.sgd(4.0), lambda w: 0.5 * w ** 2, 1.0)
+  np.testing.assert_allclose(float(state.scale), 0.125, rtol=1e-5)
+  np.testing.assert_allclose(update, -0.5, rtol=1e-5)
+
+
+def test_without_curvature_a_descent_direction_grows_by_max_growth():
+  """On the linear loss -w (slope 1, curvature 0 along SGD's direction) nothing bounds the
+  step: the scale grows by max_growth (1.2 by default) and this step is taken at the old
+  scale."""
+  update, state = _one_step(optax.sgd(1.0), lambda w: -w, 0.0)
+  np.testing.assert_allclose(float(state.scale), 1.2, rtol=1e-6)
+  np.testing.assert_allclose(update, 1.0, rtol=1e-6)
+  _, state = _one_step(optax.sgd(1.0), lambda w: -w, 0.0, max_growth=1.5)
+  np.testing.assert_allclose(float(state.scale), 1.5, rtol=1e-6)
+
+
+def test_a_step_that_measured_nothing_is_not_counted():
+  """``count`` counts measured steps (it sets the averages' bias correction): a loss that is
+  NaN at the point gives no measurement, no step, and no count."""
+  update, state = _one_step(optax.sgd(1.0), lambda w: jnp.sqrt(w), -1.0)
+  assert int(state.count) == 0
+  assert update == 0.0
+  _, state = _one_step(optax.sgd(1.0), lambda w: (w - 3.0) ** 2, 1.0)
+  assert int(state.count) == 1
