@@ -232,13 +232,15 @@ def plan_chunks(config: TrainConfig, task: Task, dp: parallel.DataParallel, lrs:
   """
   lrs, seeds = list(lrs), list(seeds)
   runs = len(lrs) * len(seeds)
-  available = free_bytes() if memory_bytes is None else int(memory_bytes)
+  # The devices the runs train on: the data mesh's first (each holds its share of every run),
+  # else the default device.
+  device = dp.mesh.devices.flat[0] if dp.mesh is not None else jax.devices()[0]
+  available = free_bytes(device) if memory_bytes is None else int(memory_bytes)
   if available is None:
     return [(lrs, seeds)]
   per_run, shared = run_bytes(config, task, dp)
   budget = MEMORY_FRACTION * available
   fit = int((budget - shared) // per_run) if budget > shared else 0
-  device = jax.devices()[0]
   if fit < 1:
     raise MemoryError(
         f"one run of {config.optimizer} on this model needs about {_mib(per_run)} (XLA's "
