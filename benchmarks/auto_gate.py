@@ -156,8 +156,8 @@ def tuned_rates(records: Iterable[dict[str, Any]], target: Optional[float], step
     by_lr.setdefault(float(r["lr"]), []).append(r)
   complete = {lr: rs for lr, rs in by_lr.items() if len(rs) >= seeds}
   finals = {lr: [run_lib.final_loss(r) for r in rs] for lr, rs in complete.items()}
-  iters = {lr: [protocol.iterations(r["losses"], r["status"] == "ok", target, steps)
-                for r in rs] for lr, rs in complete.items()}
+  iters = {lr: [run_lib.record_iterations(r, target, steps) for r in rs]
+           for lr, rs in complete.items()}
   picks = {"final-loss": protocol.best_lr(finals) if finals else None,
            "fastest": protocol.fastest_lr(iters, seeds=seeds) if iters else None}
   ladder = sorted(complete)

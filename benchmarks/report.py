@@ -71,8 +71,7 @@ def summarize_task(grid: dict[str, Any], task: dict[str, Any],
     complete = {lr: sorted(rs, key=lambda r: r["seed"]) for lr, rs in complete.items()}
     finals_by_lr = {lr: [run_lib.final_loss(r) for r in rs] for lr, rs in complete.items()}
     scores = {lr: float(np.median(v)) for lr, v in finals_by_lr.items()}
-    iters_by_lr = {lr: [protocol.iterations(r["losses"], r["status"] == "ok", target or None,
-                                            steps) for r in rs]
+    iters_by_lr = {lr: [run_lib.record_iterations(r, target or None, steps) for r in rs]
                    for lr, rs in complete.items()}
     picks = {r: protocol.pick_lr(r, finals_by_lr, iters_by_lr, seeds=len(seeds))
              for r in protocol.RULES}

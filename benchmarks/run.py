@@ -363,8 +363,7 @@ class Runner:
       return None
     steps = task_config(self.grid, task).steps
     return protocol.fastest_lr(
-        {lr: [protocol.iterations(r["losses"], r["status"] == "ok", target, steps)
-              for r in records]
+        {lr: [record_iterations(r, target, steps) for r in records]
          for lr, records in self.records(task, label).items()},
         seeds=len(self.grid["seeds"]))
 
@@ -448,6 +447,13 @@ class Runner:
 def final_loss(record: dict[str, Any]) -> float:
   """:func:`avggrad.protocol.score` of a run record."""
   return protocol.score(record["losses"], record["status"] == "ok")
+
+
+def record_iterations(record: dict[str, Any], target: Optional[float],
+                      steps: int) -> Optional[int]:
+  """:func:`avggrad.protocol.iterations` of a run record: iterations to ``target`` (``None``
+  for a miss, a run that is not ok, or no target)."""
+  return protocol.iterations(record["losses"], record["status"] == "ok", target, steps)
 
 
 def matches(label: str, patterns: str) -> bool:

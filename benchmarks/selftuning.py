@@ -89,7 +89,7 @@ def _load(grid_path: str, results_dir: Optional[str] = None
 
 def _iterations(record: dict[str, Any], target: Optional[float], steps: int) -> float:
   """A run's iterations to ``target`` (infinite for a miss)."""
-  it = protocol.iterations(record["losses"], record["status"] == "ok", target, steps)
+  it = run_lib.record_iterations(record, target, steps)
   return math.inf if it is None else float(it)
 
 
