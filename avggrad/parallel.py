@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from typing import Any, Iterator, Optional, Sequence, Union
 
 import jax
@@ -159,6 +160,21 @@ def lookup_sharding(ids: jax.Array) -> Optional[NamedSharding]:
     return None
   return NamedSharding(sharding.mesh, P(*spec, *[None] * (ids.ndim - len(spec)), None))
 
+
+
+def typed_shards(x: jax.Array) -> Optional[int]:
+  """How many shards the leading axis of ``x`` has in its type (``Explicit`` mesh axes, as
+  :func:`lookup_sharding` reads them); ``None`` where its type carries no sharding there (no
+  mesh, ``Auto`` axes, inside ``jax.shard_map``, replicated)."""
+  try:
+    sharding = jax.typeof(x).sharding
+    spec, mesh = tuple(sharding.spec), sharding.mesh
+  except (AttributeError, TypeError):
+    return None
+  if not spec or spec[0] is None:
+    return None
+  names = spec[0] if isinstance(spec[0], tuple) else (spec[0],)
+  return math.prod(mesh.shape[name] for name in names)
 
 def data_mesh(devices: Union[None, int, Sequence[jax.Device]] = None) -> Mesh:
   """A one-axis ``Mesh`` named :data:`DATA_AXIS` over ``devices``: all devices JAX sees

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 import types
 import warnings
 from typing import Any, Callable, NamedTuple, Optional, Union
@@ -31,7 +30,7 @@ import jax.numpy as jnp
 import optax
 from optax import tree as otree
 
-from avggrad import estimators
+from avggrad import estimators, parallel
 
 Updates = optax.Updates
 Params = optax.Params
@@ -265,7 +264,7 @@ def select_far_examples(x: jax.Array, stride: int) -> jax.Array:
   size = x.shape[0]
   if stride == 1:
     return x
-  shards = _explicit_leading_shards(x)
+  shards = parallel.typed_shards(x)
   if shards is not None:
     # Explicit mesh axes: the sharding is part of the type. A strided slice keeps every shard
     # local when each block splits by the stride; otherwise the examples are gathered first
@@ -277,19 +276,6 @@ def select_far_examples(x: jax.Array, stride: int) -> jax.Array:
     return x.reshape(size // stride, stride, *x.shape[1:])[:, 0]
   return x[::stride]
 
-
-def _explicit_leading_shards(x: jax.Array) -> Optional[int]:
-  """How many shards ``x``'s leading axis has on Explicit mesh axes (the sharding in its
-  type); ``None`` when it has none there (no mesh, Auto axes, replicated, or no type)."""
-  try:
-    sharding = jax.typeof(x).sharding
-    spec, mesh = sharding.spec, sharding.mesh
-  except (AttributeError, TypeError):
-    return None
-  if not spec or spec[0] is None:
-    return None
-  names = spec[0] if isinstance(spec[0], tuple) else (spec[0],)
-  return math.prod(mesh.shape[name] for name in names)
 
 
 def _far_batch(extra_args: dict[str, Any], fraction: float) -> Optional[dict[str, Any]]:
