@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 
 from typing import Any, Callable
 
@@ -71,16 +72,41 @@ def muon(learning_rate: optax.ScalarOrSchedule, **options: Any) -> optax.Gradien
   return optax.contrib.muon(learning_rate, **({"consistent_rms": 0.2} | options))
 
 
+_ATTENTION_INPUTS = ("query", "key", "value")
+_HEAD = re.compile(r"(^|_)head($|_)")  # head, lm_head, head_0; not heads or multihead
+
+
+def _path_names(path: Any) -> list[str]:
+  """The names along a pytree path (dict keys, attributes, indices), without the ``value``
+  attribute that ``nnx.Variable`` leaves add."""
+  names = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+  return [n for n in names if n != "value"]
+
+
 def _hidden_matrices(params: Any) -> Any:
   """Muon's dimension numbers for the hidden weight matrices of ``params``; ``None`` (Muon's
-  AdamW part) for embeddings, the output head (a path naming ``embed`` or ``head``) and every
-  parameter that is not 2-D."""
+  AdamW part) for embeddings, the output head (a path naming ``embed`` or ``head``), biases and
+  norm scales (named ``bias`` or ``scale``) and every parameter of fewer than 2 axes.
+
+  A kernel is the matrix its layer applies: a 2-D kernel maps axis 0 to axis 1; an N-D kernel
+  maps its leading axes to its last (Flax's convolutions, ``(*window, in, out)``, and
+  ``nnx.MultiHeadAttention``'s output projection, ``(heads, head_dim, out)``), except the
+  attention's ``query``/``key``/``value`` projections, ``(in, heads, head_dim)``, which map
+  axis 0 to the heads and their features together."""
 
   def one(path: Any, x: Any) -> Any:
-    name = jax.tree_util.keystr(path)
-    if jax.numpy.ndim(x) != 2 or "embed" in name or "head" in name:
+    names = _path_names(path)
+    ndim = jax.numpy.ndim(x)
+    if (ndim < 2 or any("embed" in n or _HEAD.search(n) for n in names)
+        or names[-1:] and names[-1] in ("bias", "scale")):
       return None
-    return optax.contrib.MuonDimensionNumbers(reduction_axis=0, output_axis=1)
+    if ndim == 2:
+      return optax.contrib.MuonDimensionNumbers(reduction_axis=0, output_axis=1)
+    if len(names) >= 2 and names[-2] in _ATTENTION_INPUTS:
+      return optax.contrib.MuonDimensionNumbers(reduction_axis=0,
+                                                output_axis=tuple(range(1, ndim)))
+    return optax.contrib.MuonDimensionNumbers(reduction_axis=tuple(range(ndim - 1)),
+                                              output_axis=ndim - 1)
 
   return jax.tree_util.tree_map_with_path(one, params)
 
@@ -88,8 +114,9 @@ def _hidden_matrices(params: Any) -> Any:
 def muon_split(learning_rate: optax.ScalarOrSchedule, **options: Any
                ) -> optax.GradientTransformation:
   """Muon as it is normally used: Newton-Schulz orthogonalisation on the hidden weight
-  matrices only; embeddings, the output head, biases and other non-matrix parameters take
-  Muon's AdamW part (Optax's ``muon_weight_dimension_numbers``). Otherwise :func:`muon`."""
+  matrices only (convolution and attention kernels as the matrices they apply); embeddings,
+  the output head, biases and other non-matrix parameters take Muon's AdamW part (Optax's
+  ``muon_weight_dimension_numbers``). Otherwise :func:`muon`."""
   return muon(learning_rate, **({"muon_weight_dimension_numbers": _hidden_matrices} | options))
 
 

@@ -376,6 +376,44 @@ def test_muon_split_sends_embeddings_and_head_to_adamw():
                              rtol=1e-5)
 
 
+def test_muon_split_orthogonalises_convolution_and_attention_kernels_as_matrices():
+  """muon-split treats a convolution kernel (*window, in, out) as the (window*in, out) matrix
+  and nnx.MultiHeadAttention's kernels as the (in, heads*head_dim) and (heads*head_dim, out)
+  matrices they apply: each update equals plain Muon's on the reshaped matrix. The attention's
+  2-D bias (heads, head_dim) and a norm scale take Muon's AdamW part."""
+  from avggrad import optimizers
+
+  ks = jax.random.split(jax.random.PRNGKey(1), 14)
+  shapes = {"conv": {"kernel": (3, 3, 4, 8), "bias": (8,)},
+            "attention": {"query": {"kernel": (8, 2, 4), "bias": (2, 4)},
+                          "out": {"kernel": (2, 4, 8), "bias": (8,)}},
+            "norm": {"scale": (8,)}}
+  leaves, tree = jax.tree.flatten(shapes, is_leaf=lambda s: isinstance(s, tuple))
+  params = jax.tree.unflatten(tree, [jax.random.normal(k, s) for k, s in zip(ks, leaves)])
+  grads = jax.tree.unflatten(tree, [jax.random.normal(k, s)
+                                    for k, s in zip(ks[len(leaves):], leaves)])
+  split = optimizers.make_optimizer("muon-split", 1e-2)
+  updates, _ = split.update(grads, split.init(params), params)
+  matrices = {"conv": (36, 8), "query": (8, 8), "out": (8, 8)}
+  picked = {"conv": lambda t: t["conv"]["kernel"],
+            "query": lambda t: t["attention"]["query"]["kernel"],
+            "out": lambda t: t["attention"]["out"]["kernel"]}
+  plain = optimizers.make_optimizer("muon", 1e-2)
+  for name, shape in matrices.items():
+    g = {"w": picked[name](grads).reshape(shape)}
+    p = {"w": picked[name](params).reshape(shape)}
+    expected, _ = plain.update(g, plain.init(p), p)
+    got = picked[name](updates)
+    np.testing.assert_allclose(got.reshape(shape), expected["w"], rtol=1e-4, atol=1e-7)
+    # Orthogonalised as one matrix: not the AdamW part's update.
+    assert np.linalg.matrix_rank(np.asarray(got.reshape(shape)), tol=1e-6) == min(shape)
+  adamw = optax.adamw(1e-2, weight_decay=0.0, nesterov=True)
+  adam_updates, _ = adamw.update(grads, adamw.init(params), params)
+  for get in (lambda t: t["attention"]["query"]["bias"], lambda t: t["norm"]["scale"],
+              lambda t: t["conv"]["bias"]):
+    np.testing.assert_allclose(get(updates), get(adam_updates), rtol=1e-5)
+
+
 def test_an_eager_clip_that_changes_the_gradient_by_half_a_percent_is_refused():
   """The eager comparison is exact: a clip that scales the gradient by 0.995 (inside any
   ``allclose`` tolerance one might be tempted to use) still changed it, and is refused."""
