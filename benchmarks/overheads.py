@@ -12,10 +12,17 @@ for the spread of close calls: each optimizer then records every session's secon
 and ``ratio_rmsprop`` and the ratios of each session (``session_ratios``) are taken session by
 session, against the same session's base.
 
+``--add`` keeps a task's recorded figures and adds the selected optimizers to them
+(:func:`add_to_task`): they are timed beside the task's recorded base (RMSProp) in one process,
+and their seconds scaled by the recorded base's over the base's new time, so that they compare
+with the figures already there (machine speed differs between processes; ratios within a
+process do not depend on it).
+
 Usage::
 
   python -m benchmarks.overheads benchmarks/grids/main.json [--tasks PATTERN]
-      [--optimizers 'adam,avg-*'] [--sessions 5] [--out benchmarks/results/main/overheads.json]
+      [--optimizers 'adam,avg-*'] [--sessions 5] [--add]
+      [--out benchmarks/results/main/overheads.json]
 """
 
 from __future__ import annotations
@@ -69,6 +76,31 @@ def measure_task(grid: dict[str, Any], task: dict[str, Any], *, chunk: int = 10,
   return out
 
 
+def add_to_task(grid: dict[str, Any], task: dict[str, Any], recorded: dict[str, dict[str, Any]],
+                labels: list[str], **options: Any) -> dict[str, dict[str, Any]]:
+  """``recorded`` (a task's figures) with ``labels`` timed and added: each is timed beside
+  the recorded base (``rmsprop``, else the first recorded optimizer), its seconds (and each
+  session's) scaled by the recorded base's seconds over the base's time in this process;
+  ``scaled_by`` records the factor. Ratios and memory are this process's own."""
+  if not recorded:
+    raise ValueError(f"--add: task {task['name']!r} has no recorded figures to add to; "
+                     "time it whole first (without --add)")
+  base = "rmsprop" if "rmsprop" in recorded else next(iter(recorded))
+  new = [label for label in labels if label != base]
+  measured = measure_task(grid, task, labels=[base] + new, **options)
+  scale = recorded[base]["seconds_per_step"] / measured[base]["seconds_per_step"]
+  out = dict(recorded)
+  for label in new:
+    m = dict(measured[label])
+    for key in ("seconds_per_step", "min", "median", "max"):
+      if key in m:
+        m[key] *= scale
+    if "sessions" in m:
+      m["sessions"] = [t * scale for t in m["sessions"]]
+    out[label] = m | {"scaled_by": scale}
+  return out
+
+
 def main(argv: Optional[list[str]] = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("grid")
@@ -84,6 +116,9 @@ def main(argv: Optional[list[str]] = None) -> None:
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--sessions", type=int, default=1,
                       help="repeat the whole timing this many times; record min/median/max")
+  parser.add_argument("--add", action="store_true",
+                      help="keep each task's recorded figures and add the selected optimizers, "
+                           "timed beside the recorded base and scaled to it")
   args = parser.parse_args(argv)
   grid = run_lib.load_grid(args.grid)
   unknown = run_lib.unmatched_patterns(grid, args.optimizers)
@@ -104,9 +139,13 @@ def main(argv: Optional[list[str]] = None) -> None:
       continue
     labels = [label for label in run_lib.task_optimizers(grid, task)
               if run_lib.matches(label, args.optimizers)]
-    tasks[task["name"]] = measure_task(grid, task, chunk=args.chunk, repeats=args.repeats,
-                                       data_dir=args.data_dir, labels=labels,
-                                       sessions=args.sessions)
+    options = dict(chunk=args.chunk, repeats=args.repeats, data_dir=args.data_dir,
+                   sessions=args.sessions)
+    if args.add:
+      tasks[task["name"]] = add_to_task(grid, task, tasks.get(task["name"], {}), labels,
+                                        **options)
+    else:
+      tasks[task["name"]] = measure_task(grid, task, labels=labels, **options)
     print(f"[{task['name']}]")
     for label, m in tasks[task["name"]].items():
       print(f"  {label:24s} {1e3 * m['seconds_per_step']:8.2f} ms/step  x{m['ratio_rmsprop']:.2f}"

@@ -13,7 +13,8 @@ Three reports, each from one command:
   tau in [1, 4] (each task's fastest *self-tuning* entry is the reference; a miss counts as
   infinite) and its area, normalised to 1, as AlgoPerf scores. Beside it, each entry against
   the tuned best peer of the fine grid (the peers grid on its tasks; ``muon-split`` joins
-  from ``grids/muon_split.json``): the fastest in wall-clock of Adam, NAdam, schedule-free
+  from ``grids/muon_split.json``; on the two variants, which no other grid has, the track's
+  own tuned ladders, its ``tuned_peers``): the fastest in wall-clock of Adam, NAdam, schedule-free
   AdamW and Muon (``muon-split`` where it ran), each at the rate a rate rule picks, under both
   rules (AlgoPerf's ``fastest`` first, then ``final-loss``), re-timed in the same process as
   the entries.
@@ -163,17 +164,30 @@ def _step_here(peer: str, tuned: dict[str, Any], summary: dict[str, Any]) -> flo
   return tuned["optimizers"][peer]["step_seconds"] * adam_here / adam_there
 
 
-def tuned_best(task_name: str, summary: dict[str, Any],
-               rule: str = "fastest") -> Optional[dict[str, Any]]:
-  """The tuned best peer of the fine (or peers) grid on a task: ``{"label", "iterations",
-  "wall_seconds"}``: the fastest in wall-clock of Adam, NAdam, schedule-free AdamW and Muon
-  (``muon-split`` where it ran; :data:`benchmarks.performance_profile.PEERS`), each at the
-  rate ``rule`` picks (by the fine grid's figures), its wall-clock re-timed here (its median
-  iterations x the step time of :func:`_step_here`, ``summary`` holding the track's entries);
-  ``None`` if unknown."""
+def tuned_best(task_name: str, summary: dict[str, Any], rule: str = "fastest",
+               own: Optional[dict[str, Any]] = None,
+               tuned_peers: Optional[dict[str, str]] = None) -> Optional[dict[str, Any]]:
+  """The tuned best peer on a task: ``{"label", "iterations", "wall_seconds"}``: the fastest
+  in wall-clock of Adam, NAdam, schedule-free AdamW and Muon (``muon-split`` where it ran;
+  :data:`benchmarks.performance_profile.PEERS`), each at the rate ``rule`` picks.
+
+  From the fine (or peers) grid where it has the task (by that grid's figures, its
+  wall-clock re-timed here: its median iterations x the step time of :func:`_step_here`,
+  ``summary`` holding the track's entries); else from the track's own tuned ladders
+  (``tuned_peers``, peer -> label, in ``own``: the track's summary of the task under
+  ``rule``, timed with its entries); ``None`` if neither has it."""
   tuned = _tuned_summaries(rule).get(task_name)
   if tuned is None:
-    return None
+    if not own or not tuned_peers:
+      return None
+    opts = own["optimizers"]
+    found = [label for label in tuned_peers.values()
+             if label in opts and not math.isnan(opts[label].get("wall_seconds", math.nan))]
+    if not found:
+      return None
+    label = min(found, key=lambda p: (opts[p]["wall_seconds"], opts[p]["median_iterations"]))
+    return {"label": label, "iterations": opts[label]["median_iterations"],
+            "wall_seconds": opts[label]["wall_seconds"]}
   opts = tuned["optimizers"]
   found = [p for p in (performance_profile.resolve(tuned, p) for p in performance_profile.PEERS)
            if p in opts and not math.isnan(opts[p].get("wall_seconds", math.nan))]
@@ -189,8 +203,15 @@ def track(grid_path: str = GRIDS["track"], results_dir: Optional[str] = None,
           out: Optional[str] = None) -> str:
   """The track's tables (markdown), development and held-out tasks apart; writes the profile
   figure into ``out``."""
-  grid, summaries, _ = _load(grid_path, results_dir)
-  entries = [k for k in grid["optimizers"] if k not in grid["baselines"]]
+  grid, _, records, overheads = report.load(grid_path, results_dir)
+  by_rule = {rule: report.summarize_tasks(grid, records, overheads, rule)
+             for rule in protocol.RULES}
+  summaries = by_rule["fastest"]
+  # The tuned peers' own ladders (on tasks of no other grid) are references, not entries.
+  tuned_peers = grid.get("tuned_peers", {})
+  entries = [k for k in grid["optimizers"]
+             if k not in grid["baselines"] and k not in tuned_peers.values()]
+  own = {rule: {t["name"]: s for t, s in pairs} for rule, pairs in by_rule.items()}
   md: list[str] = []
   profiles: dict[str, dict[str, list[float]]] = {}
   for split in ("development", "held-out"):
@@ -212,7 +233,8 @@ def track(grid_path: str = GRIDS["track"], results_dir: Optional[str] = None,
     head = "| entry | area (wall-clock) | area (iterations) | reached | " + " | ".join(
         t["name"] for t, _ in complete) + " |"
     md += ["Median iterations to target (wall-clock in seconds); reached = seeds that reached "
-           "the target, of all; the last rows are the fine grid's tuned best peer under each "
+           "the target, of all; the last rows are the tuned best peer (the fine or peers grid's; "
+           "on the variants, this grid's tuned ladders) under each "
            "rate rule (fastest: AlgoPerf's, each peer at its fewest median iterations; final "
            "loss: each at its lowest median final loss):", "", head,
            "|---|---|---|---|" + "---|" * len(complete)]
@@ -223,10 +245,11 @@ def track(grid_path: str = GRIDS["track"], results_dir: Optional[str] = None,
                f"({_fmt(s['optimizers'][k]['wall_seconds'], 2)})" for _, s in complete]
       md.append(f"| {k} | {area_wall[k]:.3f} | {area_iters[k]:.3f} | {reached}/{seeds} | "
                 + " | ".join(cells) + " |")
-    best = {rule: [tuned_best(t["name"], s, rule) for t, s in complete]
+    best = {rule: [tuned_best(t["name"], s, rule, own[rule].get(t["name"]), tuned_peers)
+                   for t, s in complete]
             for rule in protocol.RULES}
     for rule in protocol.RULES:
-      md.append(f"| tuned best peer (fine grid, {rule} rule) | | | | " + " | ".join(
+      md.append(f"| tuned best peer ({rule} rule) | | | | " + " | ".join(
           f"{b['label']}: {_fmt(b['iterations'])} ({_fmt(b['wall_seconds'], 2)})" if b
           else "n/a" for b in best[rule]) + " |")
     for rule in protocol.RULES:

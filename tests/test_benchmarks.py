@@ -602,3 +602,20 @@ def test_auto_gate_grid_cuts_each_budget_to_a_fifth():
       (200, 50, 1000), (120, 30, 600)]
   assert grid["optimizers"] == {"auto-adam": "auto-adam"} and grid["seeds"] == [0, 1, 2]
   assert "lrs" not in grid["tasks"][0] and grid["tasks"][1]["target"] == 0.5
+
+
+def test_selftuning_tuned_best_on_a_variant_uses_the_tracks_own_ladders(monkeypatch):
+  """A task of no other grid: the tuned best peer is the fastest in wall-clock of the track's
+  own tuned ladders (its ``tuned_peers``), as summarised under the rule; without them, none."""
+  from benchmarks import selftuning
+  monkeypatch.setattr(selftuning, "_tuned_summaries", lambda rule="fastest": {})
+  own = {"optimizers": {
+      "adam-tuned": {"median_iterations": 100, "wall_seconds": 2.0},
+      "nadam-tuned": {"median_iterations": 120, "wall_seconds": 1.5},
+      "muon-split-tuned": {"median_iterations": 80, "wall_seconds": math.nan},  # not timed
+      "auto-adam": {"median_iterations": 50, "wall_seconds": 0.5}}}  # an entry, not a peer
+  peers = {"adam": "adam-tuned", "nadam": "nadam-tuned", "muon": "muon-split-tuned"}
+  best = selftuning.tuned_best("variant", {}, "fastest", own, peers)
+  assert best == {"label": "nadam-tuned", "iterations": 120, "wall_seconds": 1.5}
+  assert selftuning.tuned_best("variant", {}, "fastest") is None
+  assert selftuning.tuned_best("variant", {}, "fastest", {"optimizers": {}}, peers) is None

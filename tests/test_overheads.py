@@ -53,3 +53,23 @@ def test_one_session_keeps_the_old_record(fake_timing):
 def test_sessions_must_be_positive():
   with pytest.raises(ValueError, match="sessions must be at least 1"):
     overheads.measure_task(GRID, GRID["tasks"][0], sessions=0)
+
+
+def test_add_scales_the_new_figures_to_the_recorded_base(fake_timing):
+  """--add: adam is timed beside rmsprop (this process: 1 ms and 2 ms); the record's rmsprop
+  took 4 ms, so adam's seconds are scaled by 4 (8 ms) and the recorded figures are kept."""
+  recorded = {"rmsprop": {"seconds_per_step": 4e-3, "ratio_rmsprop": 1.0, "bytes": 100,
+                          "memory_ratio_rmsprop": 1.0},
+              "other": {"seconds_per_step": 6e-3, "ratio_rmsprop": 1.5, "bytes": 100,
+                        "memory_ratio_rmsprop": 1.0}}
+  out = overheads.add_to_task(GRID, GRID["tasks"][0], recorded, ["adam"])
+  assert out["rmsprop"] == recorded["rmsprop"] and out["other"] == recorded["other"]
+  assert out["adam"]["seconds_per_step"] == pytest.approx(8e-3)
+  assert out["adam"]["scaled_by"] == pytest.approx(4.0)
+  assert out["adam"]["ratio_rmsprop"] == pytest.approx(2.0)
+  assert next(fake_timing) == 1  # one session, both timed in it
+
+
+def test_add_needs_a_record():
+  with pytest.raises(ValueError, match="no recorded figures"):
+    overheads.add_to_task(GRID, GRID["tasks"][0], {}, ["adam"])
