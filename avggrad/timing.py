@@ -106,9 +106,9 @@ def step_seconds(config: Any, specs: Sequence[str], train_data: Any, *, lr: floa
     steppers.append(_Stepper(program.compiled[0], program.carry, x_all, y_all, idx))
     if memory:
       batch = np.arange(config.batch_size, dtype=np.int32)  # the step without the dataset
+      first = lambda data: jax.tree.map(lambda a: a[: config.batch_size], data)  # dicts too
       sizes[spec] = allocated_bytes(program.compiled[0].compile(
-          program.carry, x_all[: config.batch_size], y_all[: config.batch_size],
-          dp.place_batch(batch)))
+          program.carry, first(x_all), first(y_all), dp.place_batch(batch)))
   seconds = interleaved_seconds([(s, ()) for s in steppers], number=number, repeats=repeats)
   return {spec: {"seconds_per_step": t / chunk} | ({"bytes": sizes[spec]} if memory else {})
           for spec, t in zip(specs, seconds)}

@@ -290,3 +290,18 @@ def test_a_target_reached_at_iteration_0_is_a_tie_not_a_crash():
   assert [s.iterations for s in result.comparison.summaries] == [[0], [0]]
   assert result.fastest == "tie: adam, sgd"
   assert "1.00x ahead of the next; within 10%, a tie" in result.table()
+
+
+def test_step_memory_of_a_model_with_dict_inputs():
+  """timing.step_seconds(memory=True) compiles the step on the first batch of dict data (it
+  sliced the inputs as one array before) and reports its allocation."""
+  from avggrad import timing
+  rng = np.random.default_rng(3)
+  x = {"a": rng.normal(size=(64, 3)).astype(np.float32),
+       "b": rng.normal(size=(64, 2)).astype(np.float32)}
+  y = {"value": x["a"].sum(1).astype(np.float32), "weight": np.ones(64, np.float32)}
+  task = custom.make_task(DictModel, weighted_mse, (x, y))
+  config = training.TrainConfig(model="dict-user", dataset="user", optimizer="adam",
+                                steps=STEPS, batch_size=BATCH, eval_every=10)
+  out = timing.step_seconds(config, ["adam"], task, chunk=2, number=1, repeats=1, memory=True)
+  assert out["adam"]["seconds_per_step"] > 0 and out["adam"]["bytes"] > 0
