@@ -51,11 +51,37 @@ def _with_objective(tx: optax.GradientTransformation, name: str) -> optax.Gradie
   return optax.GradientTransformationExtraArgs(tx.init, update_fn)
 
 
+def _signed(*sources: Callable[..., Any], drop: tuple[str, ...] = (),
+            **defaults: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+  """Gives a factory that forwards ``**options`` the named parameters of ``sources`` (the
+  functions it forwards to; ``learning_rate`` first, ``drop`` left out, ``defaults`` in place
+  of theirs) as its signature, so that ``optax.inject_hyperparams`` can bind it: it binds a
+  factory's signature, and a ``**options`` catch-all reaches the factory as one keyword named
+  ``options``."""
+
+  def sign(factory: Callable[..., Any]) -> Callable[..., Any]:
+    params: dict[str, inspect.Parameter] = {}
+    for source in sources:
+      for p in inspect.signature(source).parameters.values():
+        if (p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name in drop
+            or p.name in params):
+          continue
+        kind = p.POSITIONAL_OR_KEYWORD if p.name == "learning_rate" else p.KEYWORD_ONLY
+        params[p.name] = p.replace(kind=kind, default=defaults.get(p.name, p.default))
+    first = [params.pop("learning_rate")] if "learning_rate" in params else []
+    factory.__signature__ = inspect.Signature(first + list(params.values()))
+    return factory
+
+  return sign
+
+
+@_signed(optax.contrib.sophia)
 def sophia(learning_rate: optax.ScalarOrSchedule, **options: Any) -> optax.GradientTransformation:
   """Optax's Sophia, fed the loss on the current batch."""
   return _with_objective(optax.contrib.sophia(learning_rate, **options), "sophia")
 
 
+@_signed(lambda learning_rate, rho=0.05: None, optax.adam)
 def sam(learning_rate: optax.ScalarOrSchedule, rho: float = 0.05,
         **options: Any) -> optax.GradientTransformation:
   """SAM (opaque mode) around Adam: one adversarial step of size ``rho`` along the normalised
@@ -66,6 +92,7 @@ def sam(learning_rate: optax.ScalarOrSchedule, rho: float = 0.05,
       "sam")
 
 
+@_signed(optax.contrib.muon, consistent_rms=0.2)
 def muon(learning_rate: optax.ScalarOrSchedule, **options: Any) -> optax.GradientTransformation:
   """Optax's Muon with ``consistent_rms=0.2``: updates sized like AdamW's, so one learning
   rate serves its Newton-Schulz (matrices) and Adam (vectors) parts."""
@@ -77,10 +104,12 @@ _HEAD = re.compile(r"(^|_)head($|_)")  # head, lm_head, head_0; not heads or mul
 
 
 def _path_names(path: Any) -> list[str]:
-  """The names along a pytree path (dict keys, attributes, indices), without the ``value``
-  attribute that ``nnx.Variable`` leaves add."""
-  names = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
-  return [n for n in names if n != "value"]
+  """The names along a pytree path (dict keys, attributes, indices), without the trailing
+  ``.value`` attribute of an ``nnx.Variable`` leaf (a module named ``value``, the attention's
+  value projection, stays)."""
+  if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value":
+    path = path[:-1]
+  return [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
 
 
 def _hidden_matrices(params: Any) -> Any:
@@ -111,6 +140,8 @@ def _hidden_matrices(params: Any) -> Any:
   return jax.tree_util.tree_map_with_path(one, params)
 
 
+@_signed(optax.contrib.muon, drop=("muon_weight_dimension_numbers",),
+         consistent_rms=0.2)
 def muon_split(learning_rate: optax.ScalarOrSchedule, **options: Any
                ) -> optax.GradientTransformation:
   """Muon as it is normally used: Newton-Schulz orthogonalisation on the hidden weight
@@ -118,6 +149,13 @@ def muon_split(learning_rate: optax.ScalarOrSchedule, **options: Any
   the output head, biases and other non-matrix parameters take Muon's AdamW part (Optax's
   ``muon_weight_dimension_numbers``). Otherwise :func:`muon`."""
   return muon(learning_rate, **({"muon_weight_dimension_numbers": _hidden_matrices} | options))
+
+
+@_signed(lambda learning_rate: None, optax.contrib.mechanize, drop=("base_optimizer",))
+def _mechanic_adam(learning_rate: optax.ScalarOrSchedule, **options: Any
+                   ) -> optax.GradientTransformation:
+  """Mechanic's learned scale on Adam at ``learning_rate`` (Optax's ``mechanize``)."""
+  return optax.contrib.mechanize(optax.adam(learning_rate), **options)
 
 
 def averaged(inner: Factory, **defaults: Any) -> Factory:
@@ -131,6 +169,7 @@ def averaged(inner: Factory, **defaults: Any) -> Factory:
   if unknown:
     raise ValueError(f"averaged: {sorted(unknown)} are not average_gradient options.")
 
+  @_signed(inner, transforms.average_gradient, drop=("inner",), **defaults)
   def factory(learning_rate: optax.ScalarOrSchedule, **options: Any) -> Any:
     options = {**defaults, **options}
     outer = {k: v for k, v in options.items() if k in wrapper_options}
@@ -168,8 +207,7 @@ _BUILTIN_FACTORIES: dict[str, Factory] = {
     # Learning-rate-free peers (Optax's own; the rate is a multiplier, 1 by default):
     "prodigy": optax.contrib.prodigy,
     "dadapt-adamw": optax.contrib.dadapt_adamw,
-    "mechanic-adam": lambda learning_rate, **options: optax.contrib.mechanize(
-        optax.adam(learning_rate), **options),
+    "mechanic-adam": _mechanic_adam,
     "dog": optax.contrib.dog,
     "cocob": optax.contrib.cocob,
     "momo-adam": optax.contrib.momo_adam,

@@ -43,9 +43,10 @@ from benchmarks import run as run_lib
 
 def measure_task(grid: dict[str, Any], task: dict[str, Any], *, chunk: int = 10,
                  number: int = 3, repeats: int = 5, data_dir: Optional[str] = None,
-                 labels: Optional[list[str]] = None,
-                 sessions: int = 1) -> dict[str, dict[str, Any]]:
-  """Times ``task``'s optimizers interleaved, ``sessions`` times (see the module docstring)."""
+                 labels: Optional[list[str]] = None, sessions: int = 1,
+                 base: Optional[str] = None) -> dict[str, dict[str, Any]]:
+  """Times ``task``'s optimizers interleaved, ``sessions`` times (see the module docstring);
+  ratios against ``base`` (default: ``rmsprop`` where timed, else the first label)."""
   if sessions < 1:
     raise ValueError(f"sessions must be at least 1, got {sessions}")
   config = run_lib.task_config(grid, task)
@@ -60,7 +61,7 @@ def measure_task(grid: dict[str, Any], task: dict[str, Any], *, chunk: int = 10,
     measured = step_seconds(config, specs, train_data, chunk=chunk, number=number,
                             repeats=repeats, memory=True)
     runs.append({label: measured[spec] for label, spec in zip(labels, specs)})
-  base_label = "rmsprop" if "rmsprop" in labels else labels[0]
+  base_label = base or ("rmsprop" if "rmsprop" in labels else labels[0])
   out: dict[str, dict[str, Any]] = {}
   for label in labels:
     seconds = [run[label]["seconds_per_step"] for run in runs]
@@ -87,7 +88,7 @@ def add_to_task(grid: dict[str, Any], task: dict[str, Any], recorded: dict[str, 
                      "time it whole first (without --add)")
   base = "rmsprop" if "rmsprop" in recorded else next(iter(recorded))
   new = [label for label in labels if label != base]
-  measured = measure_task(grid, task, labels=[base] + new, **options)
+  measured = measure_task(grid, task, labels=[base] + new, base=base, **options)
   scale = recorded[base]["seconds_per_step"] / measured[base]["seconds_per_step"]
   out = dict(recorded)
   for label in new:
@@ -139,6 +140,8 @@ def main(argv: Optional[list[str]] = None) -> None:
       continue
     labels = [label for label in run_lib.task_optimizers(grid, task)
               if run_lib.matches(label, args.optimizers)]
+    if not labels:  # nothing selected on this task (an empty list would mean all of them)
+      continue
     options = dict(chunk=args.chunk, repeats=args.repeats, data_dir=args.data_dir,
                    sessions=args.sessions)
     if args.add:

@@ -15,6 +15,7 @@ import optax
 import pytest
 
 import avggrad
+from avggrad import optimizers as optimizers_lib
 from tests import helpers
 
 # Every exported optimizer, its Optax namesake, and the rate optax's alias_test.py uses for it.
@@ -414,6 +415,37 @@ def test_muon_split_orthogonalises_convolution_and_attention_kernels_as_matrices
     np.testing.assert_allclose(get(updates), get(adam_updates), rtol=1e-5)
 
 
+def test_muon_split_on_an_nnx_attention_state_orthogonalises_each_projection_as_one_matrix():
+  """On an ``nnx.State`` (leaves are Variables, paths end in ``.value``) of
+  nnx.MultiHeadAttention: query, key and value kernels (in, heads, head_dim) are each the
+  (in, heads*head_dim) matrix (the value projection too: its module is named ``value``), the
+  out kernel the (heads*head_dim, out) matrix; the 2-D biases take the AdamW part."""
+  from flax import nnx
+
+  from avggrad import optimizers
+
+  attention = nnx.MultiHeadAttention(num_heads=2, in_features=8, qkv_features=8, decode=False,
+                                     rngs=nnx.Rngs(0))
+  params = nnx.state(attention, nnx.Param)
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(4), len(leaves))
+  grads = jax.tree.unflatten(tree, [jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)])
+  split = optimizers.make_optimizer("muon-split", 1e-2)
+  updates, _ = split.update(grads, split.init(params), params)
+  plain = optimizers.make_optimizer("muon", 1e-2)
+  adamw = optax.adamw(1e-2, weight_decay=0.0, nesterov=True)
+  adam_updates, _ = adamw.update(grads, adamw.init(params), params)
+  for name in ("query", "key", "value", "out"):
+    shape = (8, 8)
+    g = {"w": grads[name]["kernel"].value.reshape(shape)}
+    p = {"w": params[name]["kernel"].value.reshape(shape)}
+    expected, _ = plain.update(g, plain.init(p), p)
+    np.testing.assert_allclose(updates[name]["kernel"].value.reshape(shape), expected["w"],
+                               rtol=1e-4, atol=1e-7, err_msg=name)
+    np.testing.assert_allclose(updates[name]["bias"].value, adam_updates[name]["bias"].value,
+                               rtol=1e-5, err_msg=name)
+
+
 def test_an_eager_clip_that_changes_the_gradient_by_half_a_percent_is_refused():
   """The eager comparison is exact: a clip that scales the gradient by 0.995 (inside any
   ``allclose`` tolerance one might be tempted to use) still changed it, and is refused."""
@@ -428,3 +460,27 @@ def test_an_eager_clip_that_changes_the_gradient_by_half_a_percent_is_refused():
   # The same chain without the clip, fed the same arrays, is accepted.
   plain = avggrad.adam(1e-2)
   plain.update(grad, plain.init(params), params, value_fn=loss, grad=grad)
+
+
+@pytest.mark.parametrize("name", sorted(set(optimizers_lib.BUILTIN) - {"adopt"}))
+def test_every_registry_optimizer_works_under_inject_hyperparams(name):
+  """optax.inject_hyperparams binds a factory's signature: the registry's factories that
+  forward ``**options`` (Muon, muon-split, SAM, Sophia, Mechanic, the avg-* wrappers of Optax
+  optimizers) show their named parameters, so the injected form builds and takes the same
+  three steps as the plain one. (``adopt`` is left out: Optax's own ``optax.contrib.adopt``
+  fails under inject_hyperparams.)"""
+  from avggrad import optimizers
+
+  factory = optimizers._REGISTRY[name]
+  params = {"w": jnp.full((3, 3), 0.3), "b": jnp.arange(3.0)}
+  loss = lambda p: jnp.sum(p["w"] ** 2) + jnp.sum(jnp.sin(p["b"]))
+  finals = []
+  for tx in (optax.inject_hyperparams(factory)(learning_rate=1e-2), factory(1e-2)):
+    state, p = tx.init(params), params
+    for _ in range(3):
+      value, grad = jax.value_and_grad(loss)(p)
+      updates, state = tx.update(grad, state, p, value=value, grad=grad, value_fn=loss)
+      p = optax.apply_updates(p, updates)
+    finals.append(p)
+  for a, b in zip(jax.tree.leaves(finals[0]), jax.tree.leaves(finals[1])):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -73,3 +73,28 @@ def test_add_scales_the_new_figures_to_the_recorded_base(fake_timing):
 def test_add_needs_a_record():
   with pytest.raises(ValueError, match="no recorded figures"):
     overheads.add_to_task(GRID, GRID["tasks"][0], {}, ["adam"])
+
+
+def test_add_keeps_the_recorded_base_for_the_ratios(fake_timing):
+  """A record whose base is adam (no rmsprop timed): rmsprop added is scaled to adam's
+  recorded time and its ratios are against adam, not against itself."""
+  recorded = {"adam": {"seconds_per_step": 4e-3, "ratio_rmsprop": 1.0, "bytes": 200,
+                       "memory_ratio_rmsprop": 1.0}}
+  out = overheads.add_to_task(GRID, GRID["tasks"][0], recorded, ["rmsprop"])
+  # this process: adam 2 ms (bytes 100), rmsprop 1 ms (bytes 200): rmsprop is 0.5x adam
+  assert out["rmsprop"]["ratio_rmsprop"] == pytest.approx(0.5)
+  assert out["rmsprop"]["memory_ratio_rmsprop"] == pytest.approx(2.0)
+  assert out["rmsprop"]["seconds_per_step"] == pytest.approx(2e-3)
+
+
+def test_a_task_with_nothing_selected_is_skipped(fake_timing, tmp_path, monkeypatch):
+  """--optimizers matching nothing on a task times nothing there (an empty selection once
+  meant every optimizer of the task)."""
+  grid = GRID | {"baselines": [], "tasks": [{"name": "task", "optimizers": ["rmsprop"]},
+                           {"name": "other", "optimizers": ["rmsprop", "adam"]}]}
+  monkeypatch.setattr(overheads.run_lib, "load_grid", lambda path: grid)
+  out = tmp_path / "overheads.json"
+  overheads.main(["grid.json", "--optimizers", "adam", "--out", str(out)])
+  import json
+  tasks = json.loads(out.read_text())["tasks"]
+  assert list(tasks) == ["other"] and list(tasks["other"]) == ["adam"]
