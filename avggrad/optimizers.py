@@ -100,7 +100,8 @@ def muon(learning_rate: optax.ScalarOrSchedule, **options: Any) -> optax.Gradien
 
 
 _ATTENTION_INPUTS = ("query", "key", "value")
-_HEAD = re.compile(r"(^|_)head($|_)")  # head, lm_head, head_0; not heads or multihead
+# head, heads, head0, head_0, Head_0, lm_head, lmhead, LMHead; not multihead or a heads count.
+_HEAD = re.compile(r"(^|_)(lm_?)?heads?\d*($|_)", re.IGNORECASE)
 
 
 def _path_names(path: Any) -> list[str]:
@@ -120,8 +121,13 @@ def _hidden_matrices(params: Any) -> Any:
   A kernel is the matrix its layer applies: a 2-D kernel maps axis 0 to axis 1; an N-D kernel
   maps its leading axes to its last (Flax's convolutions, ``(*window, in, out)``, and
   ``nnx.MultiHeadAttention``'s output projection, ``(heads, head_dim, out)``), except the
-  attention's ``query``/``key``/``value`` projections, ``(in, heads, head_dim)``, which map
-  axis 0 to the heads and their features together."""
+  attention's ``query``/``key``/``value`` projections, ``(in, heads, head_dim)`` (3-D kernels
+  under those names), which map axis 0 to the heads and their features together.
+
+  Shapes alone cannot tell every layout apart: a ``LinearGeneral`` with several output axes
+  under another name, or layers stacked by ``nnx.vmap``/``nnx.scan`` (a leading layer axis),
+  read as a convolution here. Pass ``muon_weight_dimension_numbers`` to :func:`muon_split` for
+  those."""
 
   def one(path: Any, x: Any) -> Any:
     names = _path_names(path)
@@ -131,7 +137,7 @@ def _hidden_matrices(params: Any) -> Any:
       return None
     if ndim == 2:
       return optax.contrib.MuonDimensionNumbers(reduction_axis=0, output_axis=1)
-    if len(names) >= 2 and names[-2] in _ATTENTION_INPUTS:
+    if ndim == 3 and len(names) >= 2 and names[-2] in _ATTENTION_INPUTS:
       return optax.contrib.MuonDimensionNumbers(reduction_axis=0,
                                                 output_axis=tuple(range(1, ndim)))
     return optax.contrib.MuonDimensionNumbers(reduction_axis=tuple(range(ndim - 1)),
@@ -151,7 +157,9 @@ def muon_split(learning_rate: optax.ScalarOrSchedule, **options: Any
   return muon(learning_rate, **({"muon_weight_dimension_numbers": _hidden_matrices} | options))
 
 
-@_signed(lambda learning_rate: None, optax.contrib.mechanize, drop=("base_optimizer",))
+# num_betas sets the state's shape: a structural choice, not a hyperparameter to inject (under
+# inject_hyperparams it would become a traced array and fail under jit); the plain factory takes it.
+@_signed(lambda learning_rate: None, optax.contrib.mechanize, drop=("base_optimizer", "num_betas"))
 def _mechanic_adam(learning_rate: optax.ScalarOrSchedule, **options: Any
                    ) -> optax.GradientTransformation:
   """Mechanic's learned scale on Adam at ``learning_rate`` (Optax's ``mechanize``)."""

@@ -33,6 +33,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 from typing import Any, Optional
 
 import jax
@@ -132,8 +133,14 @@ def main(argv: Optional[list[str]] = None) -> None:
     with open(out) as f:
       results = json.load(f)
   device = jax.devices()[0]
-  results["device"] = (f"{device.platform} {getattr(device, 'device_kind', '')}, "
-                       f"{platform.machine()}, {os.cpu_count()} cores")
+  here = (f"{device.platform} {getattr(device, 'device_kind', '')}, "
+          f"{platform.machine()}, {os.cpu_count()} cores")
+  if args.add and results.get("device", here) != here:
+    # --add scales new timings to the recorded figures: those, and their device, stand.
+    print(f"warning: --add on {here!r}, the recorded figures are from {results['device']!r}; "
+          "the added ones are scaled to them", file=sys.stderr)
+  else:
+    results["device"] = here
   tasks = results.setdefault("tasks", {})
   for task in grid["tasks"]:
     if not run_lib.matches(task["name"], args.tasks):

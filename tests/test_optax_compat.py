@@ -476,11 +476,55 @@ def test_every_registry_optimizer_works_under_inject_hyperparams(name):
   loss = lambda p: jnp.sum(p["w"] ** 2) + jnp.sum(jnp.sin(p["b"]))
   finals = []
   for tx in (optax.inject_hyperparams(factory)(learning_rate=1e-2), factory(1e-2)):
-    state, p = tx.init(params), params
-    for _ in range(3):
+
+    @jax.jit  # as users train: an injected integer that shapes the state would fail here
+    def step(p, state):
       value, grad = jax.value_and_grad(loss)(p)
       updates, state = tx.update(grad, state, p, value=value, grad=grad, value_fn=loss)
-      p = optax.apply_updates(p, updates)
+      return optax.apply_updates(p, updates), state
+
+    state, p = tx.init(params), params
+    for _ in range(3):
+      p, state = step(p, state)
     finals.append(p)
   for a, b in zip(jax.tree.leaves(finals[0]), jax.tree.leaves(finals[1])):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_muon_split_head_names_and_non_attention_kernels_under_attention_names():
+  """The head test is case-insensitive and takes the usual spellings (heads, head0, Head_0,
+  lm_head, lmhead) but not an attention module named ``multihead``; the query/key/value rule is
+  for 3-D kernels only (a 1x1 convolution named ``query`` is still the matrix (in, out))."""
+  from avggrad import optimizers
+
+  k2 = jnp.zeros((4, 3))
+  for name in ("head", "heads", "head0", "head_0", "Head_0", "lm_head", "lmhead", "LMHead"):
+    assert optimizers._hidden_matrices({name: {"kernel": k2}})[name]["kernel"] is None, name
+  for name in ("multihead", "hidden", "ahead"):
+    dims = optimizers._hidden_matrices({name: {"kernel": k2}})[name]["kernel"]
+    assert dims == optax.contrib.MuonDimensionNumbers(0, 1), name
+  conv = optimizers._hidden_matrices({"query": {"kernel": jnp.zeros((1, 1, 8, 2))}})
+  assert conv["query"]["kernel"] == optax.contrib.MuonDimensionNumbers((0, 1, 2), 3)
+
+
+def test_injected_muon_split_keeps_its_split():
+  """Under optax.inject_hyperparams, muon-split still sends the embedding to Muon's AdamW
+  part (its dimension numbers are not a hyperparameter that injection could reset to plain
+  Muon's default)."""
+  from avggrad import optimizers
+
+  ks = jax.random.split(jax.random.PRNGKey(1), 4)
+  params = {"embed": {"embedding": jax.random.normal(ks[0], (5, 4))},
+            "hidden": {"kernel": jax.random.normal(ks[1], (4, 4))}}
+  grads = {"embed": {"embedding": jax.random.normal(ks[2], (5, 4))},
+           "hidden": {"kernel": jax.random.normal(ks[3], (4, 4))}}
+  outs = {}
+  for name in ("muon-split", "muon"):
+    for injected in (True, False):
+      factory = optimizers._REGISTRY[name]
+      tx = optax.inject_hyperparams(factory)(learning_rate=1e-2) if injected else factory(1e-2)
+      outs[name, injected] = tx.update(grads, tx.init(params), params)[0]
+  np.testing.assert_allclose(outs["muon-split", True]["embed"]["embedding"],
+                             outs["muon-split", False]["embed"]["embedding"], rtol=1e-5)
+  assert not np.allclose(outs["muon-split", True]["embed"]["embedding"],
+                         outs["muon", True]["embed"]["embedding"])
