@@ -98,3 +98,17 @@ def test_a_task_with_nothing_selected_is_skipped(fake_timing, tmp_path, monkeypa
   import json
   tasks = json.loads(out.read_text())["tasks"]
   assert list(tasks) == ["other"] and list(tasks["other"]) == ["adam"]
+
+
+def test_add_scales_every_session_and_the_spread(fake_timing):
+  """--add with repeated sessions: the base's median in this process (1, 3, 2 ms -> 2 ms)
+  against its recorded 4 ms gives a factor 2, applied to each of adam's sessions (2, 3, 8 ms)
+  and to their minimum, median and maximum."""
+  recorded = {"rmsprop": {"seconds_per_step": 4e-3, "ratio_rmsprop": 1.0, "bytes": 100,
+                          "memory_ratio_rmsprop": 1.0}}
+  out = overheads.add_to_task(GRID, GRID["tasks"][0], recorded, ["adam"], sessions=3)
+  adam = out["adam"]
+  assert adam["scaled_by"] == pytest.approx(2.0)
+  assert adam["sessions"] == pytest.approx([4e-3, 6e-3, 16e-3])
+  assert (adam["min"], adam["median"], adam["max"]) == pytest.approx((4e-3, 6e-3, 16e-3))
+  assert adam["seconds_per_step"] == pytest.approx(6e-3)
